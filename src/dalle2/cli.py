@@ -1,0 +1,178 @@
+"""The ``dalle2`` command line: one subcommand per job, each with --help, defaults shown, clear errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from dalle2 import __version__
+
+EXIT_USAGE = 2
+
+
+class CLIError(Exception):
+    """An error to report in one line, without a traceback."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _resolution(text: str) -> int:
+    value = _positive_int(text)
+    if not 8 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"must be between 8 and 1024 pixels, got {value}")
+    return value
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="cpu", help="named preset: tiny, cpu, gpu (default: %(default)s)")
+    parser.add_argument("--config", metavar="YAML", help="YAML file overriding the preset")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value (repeatable; wins over --config and --preset)",
+    )
+
+
+def _resolve_config(args: argparse.Namespace, **cli_values: object):
+    """Preset < YAML < --set < dedicated CLI options (e.g. --data)."""
+    from dalle2.config import load_config, parse_overrides
+
+    overrides = parse_overrides(args.overrides)
+    for dotted, value in cli_values.items():
+        if value is not None:
+            section, _, key = dotted.partition("__")
+            overrides.setdefault(section, {})[key] = value
+    return load_config(args.preset, args.config, overrides)
+
+
+# ---------------------------------------------------------------------------------------------- data
+def cmd_data_preview(args: argparse.Namespace) -> None:
+    from dalle2.data import open_dataset
+    from dalle2.data.inspect import preview
+
+    dataset = open_dataset(args.data, split=args.split, resolution=args.resolution, seed=args.seed)
+    path = preview(dataset, args.n, args.output, cell=args.cell)
+    print(f"wrote {path} ({args.n} samples of {args.data}, split {args.split}, {args.resolution}x{args.resolution})")
+
+
+def cmd_data_stats(args: argparse.Namespace) -> None:
+    from dalle2.data import open_dataset
+    from dalle2.data.inspect import format_stats, stats
+
+    dataset = open_dataset(args.data, split=args.split, resolution=args.resolution, seed=args.seed)
+    result = stats(dataset, limit=args.limit)
+    print(json.dumps(result, indent=2) if args.json else format_stats(result))
+
+
+# --------------------------------------------------------------------------------------------- train
+def cmd_train_tokenizer(args: argparse.Namespace) -> None:
+    from dalle2.data import open_dataset
+    from dalle2.data.inspect import iter_captions
+    from dalle2.text import Tokenizer
+
+    config = _resolve_config(args, data__dataset=args.data)
+    print(config.to_yaml(), end="")
+    dataset = open_dataset(config.data.dataset, split="train", resolution=config.data.resolution, seed=config.data.seed)
+    captions = iter_captions(dataset, limit=args.limit, desc="captions")
+    tokenizer = Tokenizer.train(captions, vocab_size=config.text.vocab_size, max_length=config.text.max_length)
+    out = Path(args.out) / "tokenizer"
+    path = tokenizer.save(out)
+    config.save(out / "config.yaml")
+    print(f"wrote {path} (vocabulary {tokenizer.vocab_size}, max length {tokenizer.max_length})")
+
+
+def cmd_config(args: argparse.Namespace) -> None:
+    print(_resolve_config(args).to_yaml(), end="")
+
+
+# ---------------------------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dalle2",
+        description="DALL·E 2 (unCLIP) and a text-conditional GAN that train from scratch on a laptop CPU.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"dalle2 {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    def add(group, name: str, help_: str, func: Callable[[argparse.Namespace], None]) -> argparse.ArgumentParser:
+        sub = group.add_parser(
+            name, help=help_, description=help_, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        )
+        sub.set_defaults(func=func)
+        return sub
+
+    # data
+    data = commands.add_parser(
+        "data", help="look at a dataset: preview grid, statistics", description="Look at a dataset."
+    )
+    data_commands = data.add_subparsers(title="commands", metavar="COMMAND")
+    data.set_defaults(func=lambda _args: data.print_help())
+    data_help = "dataset: shapes, fashion-mnist[:DIR], mnist[:DIR], folder:PATH, webdataset:PATTERN"
+
+    p = add(data_commands, "preview", "write a PNG grid of samples with their captions", cmd_data_preview)
+    p.add_argument("data", help=data_help)
+    p.add_argument("-n", type=_positive_int, default=64, help="number of samples")
+    p.add_argument("-o", "--output", default="grid.png", help="PNG file to write")
+    p.add_argument("--split", default="train", help="train, test (shapes also: heldout)")
+    p.add_argument("--resolution", type=_resolution, default=32, help="image size in pixels")
+    p.add_argument("--seed", type=int, default=0, help="dataset seed (procedural datasets)")
+    p.add_argument("--cell", type=_positive_int, default=96, help="displayed size of each image in the grid")
+
+    p = add(data_commands, "stats", "print size, resolution, caption lengths and vocabulary", cmd_data_stats)
+    p.add_argument("data", help=data_help)
+    p.add_argument("--split", default="train", help="train, test (shapes also: heldout)")
+    p.add_argument("--resolution", type=_resolution, default=32, help="image size in pixels")
+    p.add_argument("--seed", type=int, default=0, help="dataset seed (procedural datasets)")
+    p.add_argument("--limit", type=_positive_int, default=20_000, help="read at most this many samples")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    # train
+    train = commands.add_parser("train", help="train a stage (tokenizer, ...)", description="Train a stage.")
+    train_commands = train.add_subparsers(title="stages", metavar="STAGE")
+    train.set_defaults(func=lambda _args: train.print_help())
+    p = add(train_commands, "tokenizer", "train the BPE tokenizer on a dataset's captions", cmd_train_tokenizer)
+    p.add_argument("--data", help=data_help + " (default: the preset's)")
+    p.add_argument("--out", required=True, help="pipeline folder; writes OUT/tokenizer/tokenizer.json")
+    p.add_argument("--limit", type=_positive_int, default=50_000, help="captions to read")
+    _add_config_options(p)
+
+    # config
+    p = add(commands, "config", "print the resolved configuration (preset < YAML < --set)", cmd_config)
+    _add_config_options(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from dalle2.config import ConfigError
+    from dalle2.data import DatasetError
+    from dalle2.text import TokenizerError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 0
+    try:
+        args.func(args)
+    except (CLIError, ConfigError, DatasetError, TokenizerError, FileNotFoundError, ValueError) as error:
+        print(f"dalle2: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("dalle2: interrupted", file=sys.stderr)
+        return 130
+    return 0

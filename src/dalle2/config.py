@@ -1,0 +1,207 @@
+"""Typed configuration: one dataclass per component, named presets, YAML and CLI overrides.
+
+Precedence, lowest to highest: preset defaults < YAML file < ``--set section.key=value`` options.
+The resolved config is printed at the start of every run and saved beside every output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A preset, YAML file or override is invalid; the message says which and why."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "shapes"  # dataset spec, see dalle2.data
+    resolution: int = 32  # base (decoder) resolution
+    output_resolution: int = 64  # after the upsampler
+    num_workers: int = 0  # DataLoader worker processes
+    seed: int = 0
+
+
+@dataclass
+class TextConfig:
+    vocab_size: int = 1000  # BPE vocabulary, special tokens included
+    max_length: int = 32  # tokens per caption after padding / truncation, BOS and EOS included
+    pretrained_encoder: str | None = None  # e.g. a local all-MiniLM-L6-v2 folder (optional)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64
+    learning_rate: float = 3e-4
+    max_steps: int = 3000
+    max_minutes: float | None = None
+    checkpoint_every: int = 500
+    mixed_precision: str = "no"  # "no" | "bf16"
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    preset: str = "cpu"
+    data: DataConfig = field(default_factory=DataConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_yaml())
+
+
+# Each preset is a set of overrides on the dataclass defaults (which are the `cpu` preset).
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {
+        "data": {"resolution": 16, "output_resolution": 32},
+        "text": {"vocab_size": 300, "max_length": 24},
+        "train": {"batch_size": 8, "max_steps": 20, "checkpoint_every": 10},
+    },
+    "cpu": {},
+    "gpu": {
+        "data": {"resolution": 64, "output_resolution": 256, "num_workers": 8},
+        "text": {"vocab_size": 8000, "max_length": 64},
+        "train": {"batch_size": 256, "max_steps": 200_000, "checkpoint_every": 5000, "mixed_precision": "bf16"},
+    },
+}
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check ``value`` against a field annotation (str, int, float, bool, optional of those)."""
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise ConfigError(f"{where} may not be null")
+    for option in options:
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if option is str and isinstance(value, str):
+            return value
+        if option is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+    raise ConfigError(f"{where} must be {names}, got {value!r}")
+
+
+def _apply(config: Config, updates: dict[str, Any], source: str) -> None:
+    if not isinstance(updates, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(updates).__name__}")
+    sections = {f.name: f for f in fields(Config) if dataclasses.is_dataclass(f.default_factory)}  # type: ignore[arg-type]
+    for section, values in updates.items():
+        if section == "preset":
+            continue
+        if section not in sections:
+            hint = difflib.get_close_matches(section, sections, n=1)
+            raise ConfigError(
+                f"{source}: unknown config section {section!r}"
+                + (f" (did you mean {hint[0]!r}?)" if hint else f"; sections: {', '.join(sections)}")
+            )
+        target = getattr(config, section)
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section {section!r} must be a mapping")
+        known = typing.get_type_hints(type(target))
+        for key, value in values.items():
+            if key not in known:
+                hint = difflib.get_close_matches(key, known, n=1)
+                raise ConfigError(
+                    f"{source}: unknown key {section}.{key}"
+                    + (f" (did you mean {section}.{hint[0]}?)" if hint else f"; keys: {', '.join(known)}")
+                )
+            setattr(target, key, _coerce(value, known[key], f"{source}: {section}.{key}"))
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """``["train.batch_size=32", "data.dataset=mnist"]`` -> nested dict (values parsed as YAML scalars)."""
+    nested: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not section or not name:
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.batch_size=32")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"override {item!r}: cannot parse value: {error}") from None
+        nested.setdefault(section, {})[name] = value
+    return nested
+
+
+def load_config(
+    preset: str = "cpu",
+    yaml_path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] | dict[str, dict[str, Any]] = (),
+) -> Config:
+    """Resolve a config: preset, then the YAML file, then CLI overrides (highest precedence)."""
+    if preset not in PRESETS:
+        hint = difflib.get_close_matches(preset, PRESETS, n=1)
+        raise ConfigError(
+            f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        )
+    config = Config(preset=preset)
+    _apply(config, PRESETS[preset], f"preset {preset!r}")
+    if yaml_path is not None:
+        path = Path(yaml_path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        _apply(config, data, str(path))
+    if not isinstance(overrides, dict):
+        overrides = parse_overrides(overrides)
+    _apply(config, overrides, "command line")
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Reject absurd values with a message naming the key."""
+    checks = [
+        (8 <= config.data.resolution <= 1024, "data.resolution must be between 8 and 1024"),
+        (config.data.output_resolution >= config.data.resolution, "data.output_resolution must be >= data.resolution"),
+        (config.data.num_workers >= 0, "data.num_workers must be >= 0"),
+        (config.text.vocab_size >= 300, "text.vocab_size must be >= 300 (the byte alphabet needs 256 + specials)"),
+        (4 <= config.text.max_length <= 1024, "text.max_length must be between 4 and 1024"),
+        (config.train.batch_size >= 1, "train.batch_size must be >= 1"),
+        (0 < config.train.learning_rate < 1, "train.learning_rate must be in (0, 1)"),
+        (config.train.max_steps >= 1, "train.max_steps must be >= 1"),
+        (config.train.max_minutes is None or config.train.max_minutes > 0, "train.max_minutes must be > 0"),
+        (config.train.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
+        (config.train.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision must be no, bf16 or fp16"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a saved config (``Config.to_dict``) exactly, without applying a preset."""
+    config = Config(preset=str(data.get("preset", "cpu")))
+    _apply(config, data, "saved config")
+    validate(config)
+    return config

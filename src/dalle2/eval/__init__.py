@@ -1,0 +1,1 @@
+"""Evaluation: distribution and alignment metrics (``metrics.py``); see docs/specs evaluation.md."""

@@ -1,0 +1,56 @@
+import pytest
+
+from dalle2.config import PRESETS, ConfigError, config_from_dict, load_config, parse_overrides
+
+
+def test_presets_differ_and_resolve():
+    tiny, cpu, gpu = (load_config(name) for name in ("tiny", "cpu", "gpu"))
+    assert set(PRESETS) == {"tiny", "cpu", "gpu"}
+    assert tiny.train.batch_size < cpu.train.batch_size < gpu.train.batch_size
+    assert cpu.data.resolution == 32 and cpu.data.output_resolution == 64
+    assert gpu.data.resolution == 64 and gpu.data.output_resolution == 256
+
+
+def test_override_precedence_preset_then_yaml_then_cli(tmp_path):
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("train:\n  batch_size: 17\n  learning_rate: 1.0e-3\ndata:\n  dataset: mnist\n")
+    from_yaml = load_config("tiny", yaml_file)
+    assert from_yaml.train.batch_size == 17  # YAML beats preset (tiny has 8)
+    assert from_yaml.train.max_steps == PRESETS["tiny"]["train"]["max_steps"]  # preset kept where YAML is silent
+    both = load_config("tiny", yaml_file, ["train.batch_size=5"])
+    assert both.train.batch_size == 5  # CLI beats YAML
+    assert both.train.learning_rate == pytest.approx(1e-3)  # YAML kept where CLI is silent
+    assert both.data.dataset == "mnist"
+
+
+def test_values_are_typed_and_checked():
+    config = load_config("cpu", overrides=["train.learning_rate=1e-3", "train.max_minutes=2", "text.pretrained_encoder=null"])
+    assert config.train.learning_rate == pytest.approx(1e-3) and config.train.max_minutes == 2.0
+    with pytest.raises(ConfigError, match="batch_size must be int"):
+        load_config("cpu", overrides=["train.batch_size=big"])
+    with pytest.raises(ConfigError, match="batch_size must be >= 1"):
+        load_config("cpu", overrides=["train.batch_size=0"])
+    with pytest.raises(ConfigError, match="did you mean train.batch_size"):
+        load_config("cpu", overrides=["train.batchsize=3"])
+    with pytest.raises(ConfigError, match="unknown preset 'cpuu'.*did you mean 'cpu'"):
+        load_config("cpuu")
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_overrides(["batch_size=3"])
+
+
+def test_bad_yaml_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("cpu", tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config("cpu", bad)
+
+
+def test_saved_config_round_trip(tmp_path):
+    config = load_config("tiny", overrides=["train.seed=7"])
+    config.save(tmp_path / "config.yaml")
+    import yaml
+
+    again = config_from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text()))
+    assert again == config
