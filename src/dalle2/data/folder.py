@@ -7,13 +7,15 @@ no ``metadata.jsonl``, from a sidecar ``.txt`` file next to each image with the 
 
 Every image is opened and fully decoded once, at construction: unreadable, truncated or non-image files,
 metadata lines that are malformed or point to missing files, and images without a caption are skipped
-with one warning line each, and a count at the end. ``__getitem__`` therefore never meets a bad file.
+with one warning line each (logger ``dalle2.data.folder``) and a count at the end, so ``__getitem__``
+never meets a bad file.
 The decoded, resized images are kept in memory (uint8) when they fit in ``cache_bytes``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -25,22 +27,20 @@ from torch.utils.data import Dataset
 
 from dalle2.data.base import DatasetError, Sample, resize_center_crop
 
-__all__ = ["IMAGE_EXTENSIONS", "FolderDataset", "SkippedFileWarning", "load_image"]
+__all__ = ["IMAGE_EXTENSIONS", "FolderDataset", "load_image", "to_rgb"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 METADATA_FILE = "metadata.jsonl"
 
-
-class SkippedFileWarning(UserWarning):
-    """A file (or metadata line) of a dataset was skipped; the message says which and why."""
+logger = logging.getLogger(__name__)
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode -> RGB: transparency over white, 16-bit grayscale scaled down, EXIF rotation applied."""
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
         array = (np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8)
-        image = Image.fromarray(array, mode="L")
+        image = Image.fromarray(array)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -60,7 +60,7 @@ def load_image(path: str | os.PathLike, resolution: int) -> np.ndarray:
             image.verify()  # structural checks (chunk CRCs, ...) without decoding
         with Image.open(path) as image:
             image.load()  # full decode: catches truncated data that verify() lets through
-            rgb = _to_rgb(image)
+            rgb = to_rgb(image)
     return np.asarray(resize_center_crop(rgb, resolution), dtype=np.uint8)
 
 
@@ -131,11 +131,7 @@ class FolderDataset(Dataset):
             arrays.append(array)
         self.num_examined = examined + self._pre_skipped
         if self.skipped:
-            warnings.warn(
-                f"{self.root}: skipped {len(self.skipped)} of {self.num_examined} files",
-                SkippedFileWarning,
-                stacklevel=2,
-            )
+            logger.warning("%s: skipped %d of %d files", self.root, len(self.skipped), self.num_examined)
         if not files:
             raise DatasetError(
                 f"{self.root}: no usable captioned images ({len(self.skipped)} skipped; see the warnings above)"
@@ -151,8 +147,10 @@ class FolderDataset(Dataset):
     # -- discovery -----------------------------------------------------------------------------------
 
     def _skip(self, file: str, reason: str) -> None:
+        """Record a skipped file and log ONE line naming it and the reason."""
         self.skipped.append((file, reason))
-        warnings.warn(f"{self.root}: skipping {file}: {reason}", SkippedFileWarning, stacklevel=3)
+        line = f"{self.root}: skipping {file}: {reason}"
+        logger.warning("%s", line.replace("\r", " ").replace("\n", " "))
 
     def _from_metadata(self, metadata: Path) -> list[tuple[str, str]]:
         """Read ``metadata.jsonl`` -> [(relative file name, caption)], skipping bad lines."""

@@ -254,7 +254,7 @@ class IdxDataset(Dataset):
         """The (R, R) uint8 grayscale image at ``resolution`` (before the move to RGB and [-1, 1])."""
         image = self._padded(index)
         if image.shape != (self.resolution, self.resolution):
-            pil = Image.fromarray(image, mode="L")
+            pil = Image.fromarray(image)
             image = np.asarray(pil.resize((self.resolution, self.resolution), Image.Resampling.BICUBIC))
         return image
 

@@ -36,6 +36,7 @@ coordinates times the resolution.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -140,8 +141,8 @@ CELL_PHRASES: dict[str, str] = {
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 #: Caption phrasings of each relation (all true under the GenEval rule).
 RELATION_PHRASES: dict[str, tuple[str, ...]] = {
-    "left of": ("to the left of", "left of", "on the left side of"),
-    "right of": ("to the right of", "right of", "on the right side of"),
+    "left of": ("to the left of", "left of"),
+    "right of": ("to the right of", "right of"),
     "above": ("above",),
     "below": ("below", "beneath"),
 }
@@ -338,15 +339,15 @@ def geneval_relations(bbox_a: Sequence[float], bbox_b: Sequence[float]) -> set[s
     ``max(|d| - 0.1 (w_a + w_b), 0) * sign(d)``, divided by ``||d||``; A is "left of" B if its x
     component is < -0.5, "right of" if > 0.5, "above" if the y component is < -0.5, "below" if > 0.5.
     """
-    a = np.asarray(bbox_a, dtype=np.float64).reshape(2, 2)
-    b = np.asarray(bbox_b, dtype=np.float64).reshape(2, 2)
-    center_a, center_b = a.mean(axis=0), b.mean(axis=0)
-    dim_a, dim_b = np.abs(a[1] - a[0]), np.abs(b[1] - b[0])
-    offset = center_a - center_b
-    revised = np.maximum(np.abs(offset) - _GENEVAL_THRESHOLD * (dim_a + dim_b), 0) * np.sign(offset)
-    if np.all(np.abs(revised) < 1e-3):
+    ax0, ay0, ax1, ay1 = (float(v) for v in bbox_a)
+    bx0, by0, bx1, by1 = (float(v) for v in bbox_b)
+    ox, oy = (ax0 + ax1 - bx0 - bx1) / 2, (ay0 + ay1 - by0 - by1) / 2  # centre of A - centre of B
+    rx = math.copysign(max(abs(ox) - _GENEVAL_THRESHOLD * (abs(ax1 - ax0) + abs(bx1 - bx0)), 0.0), ox)
+    ry = math.copysign(max(abs(oy) - _GENEVAL_THRESHOLD * (abs(ay1 - ay0) + abs(by1 - by0)), 0.0), oy)
+    if abs(rx) < 1e-3 and abs(ry) < 1e-3:
         return set()
-    dx, dy = revised / np.linalg.norm(offset)
+    norm = math.hypot(ox, oy)
+    dx, dy = rx / norm, ry / norm
     out = set()
     if dx < -0.5:
         out.add("left of")
@@ -362,6 +363,17 @@ def geneval_relations(bbox_a: Sequence[float], bbox_b: Sequence[float]) -> set[s
 def relation_holds(subject: Obj, obj: Obj, relation: str) -> bool:
     """Whether ``subject <relation> obj`` holds under the GenEval rule."""
     return relation in geneval_relations(object_bbox(subject), object_bbox(obj))
+
+
+@functools.cache
+def _cell_pairs(relation: str, shape0: str, size0: str, shape1: str, size1: str) -> tuple[tuple[str, str], ...]:
+    """Ordered cell pairs (a, b) for which a centred subject in a is ``relation`` a centred object in b."""
+    return tuple(
+        (a, b)
+        for a in CELLS
+        for b in CELLS
+        if a != b and relation_holds(Obj(shape0, "red", size0, a), Obj(shape1, "red", size1, b), relation)
+    )
 
 
 def check_scene(scene: Scene) -> list[str]:
@@ -411,6 +423,16 @@ def _as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
 
 def _pick(rng: np.random.Generator, options: Sequence[Any]) -> Any:
     return options[int(rng.integers(len(options)))]
+
+
+def _weighted(rng: np.random.Generator, options: Sequence[Any], weights: Sequence[float]) -> Any:
+    """One of ``options`` drawn with probabilities proportional to ``weights`` (one rng draw)."""
+    u = rng.random() * sum(weights)
+    for option, weight in zip(options, weights, strict=True):
+        u -= weight
+        if u < 0:
+            return option
+    return options[-1]
 
 
 def _check_split(split: str) -> None:
@@ -516,15 +538,22 @@ def scene_from_spec(
         unknown = set(spec) - {"shape", "color", "size", "cell"}
         if unknown:
             raise ValueError(f"unknown object attributes {sorted(unknown)}; use shape, color, size, cell")
+        for key, vocab in (("shape", SHAPES), ("color", COLORS), ("size", SIZES), ("cell", CELLS)):
+            if spec.get(key) is not None and spec[key] not in vocab:
+                raise ValueError(f"unknown {key} {spec[key]!r}; choose one of: {', '.join(vocab)}")
+    if relation is not None and relation not in RELATIONS:
+        raise ValueError(f"unknown relation {relation!r}; choose one of: {', '.join(RELATIONS)}")
 
     # Background: compatible with every colour given.
     given_colors = {o["color"] for o in objects if o.get("color") is not None}
     if background is None:
         names = [b for b in BACKGROUNDS if all(COLORS.get(c) != BACKGROUNDS[b] for c in given_colors)]
-        p = np.array([BACKGROUND_PROBS[b] for b in names])
-        background = names[int(rng.choice(len(names), p=p / p.sum()))]
+        background = _weighted(rng, names, [BACKGROUND_PROBS[b] for b in names])
     elif background not in BACKGROUNDS:
         raise ValueError(f"unknown background {background!r}; choose one of: {', '.join(BACKGROUNDS)}")
+    for color in given_colors:
+        if COLORS.get(color) == BACKGROUNDS[background]:
+            raise ValueError(f"a {color} object would be invisible on a {background} background")
 
     def make(shape: str, color: str, size: str, cell: str) -> Obj:
         return Obj(shape, color, size, cell, _sample_jitter(rng, size) if jitter else (0.0, 0.0))
@@ -569,16 +598,13 @@ def scene_from_spec(
         sizes = [spec.get("size") or _pick(rng, SIZES) for spec in specs]
         relations = [relation] if relation is not None else list(RELATIONS)
         # Every (relation, cell pair) consistent with the spec that holds with centred objects.
-        options = []
-        for rel in relations:
-            for a in CELLS:
-                if specs[0].get("cell") not in (None, a):
-                    continue
-                for b in CELLS:
-                    if a == b or specs[1].get("cell") not in (None, b):
-                        continue
-                    if relation_holds(Obj(s0, c0, sizes[0], a), Obj(s1, c1, sizes[1], b), rel):
-                        options.append((rel, a, b))
+        cell0, cell1 = specs[0].get("cell"), specs[1].get("cell")
+        options = [
+            (rel, a, b)
+            for rel in relations
+            for a, b in _cell_pairs(rel, s0, sizes[0], s1, sizes[1])
+            if cell0 in (None, a) and cell1 in (None, b)
+        ]
         if not options:
             raise ValueError(f"no cells satisfy the relation spec {relation!r} with objects {specs}")
         if relation is None:  # uniform over relations first, then over cell pairs
@@ -613,7 +639,7 @@ def sample_scene(
     _check_split(split)
     rng = _as_rng(rng)
     if kind is None:
-        kind = KINDS[int(rng.choice(len(KINDS), p=[KIND_PROBS[k] for k in KINDS]))]
+        kind = _weighted(rng, KINDS, [KIND_PROBS[k] for k in KINDS])
     elif kind not in KINDS:
         raise ValueError(f"unknown scene kind {kind!r}; choose one of: {', '.join(KINDS)}")
     if split != "heldout":
@@ -742,7 +768,7 @@ def render(scene: Scene, resolution: int, supersample: int | None = None) -> Ima
         draw.polygon([tuple(p) for p in pts.tolist()], fill=COLORS[obj.color])
     if ss == 1:
         return image
-    return image.resize((resolution, resolution), Image.Resampling.BOX)
+    return image.reduce(ss)  # box filter: each output pixel is the mean of an ss x ss block
 
 
 def scene_meta(scene: Scene, resolution: int) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import glob
 import io
 import itertools
 import json
+import logging
 import os
 import random
 import re
@@ -31,16 +32,15 @@ from PIL import Image
 from torch.utils.data import IterableDataset
 
 from dalle2.data.base import DatasetError, Sample, pil_to_tensor, resize_center_crop, tensor_to_pil
+from dalle2.data.folder import to_rgb
 
-__all__ = ["ShardDataset", "SkippedSampleWarning", "expand_shards", "write_shards"]
+__all__ = ["ShardDataset", "expand_shards", "write_shards"]
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "ppm", "tif", "tiff", "img", "image")
 CAPTION_KEYS = ("txt", "text", "caption")
 _REMOTE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")  # https:, pipe:, s3:, gs:, ... (not "C:" paths)
 
-
-class SkippedSampleWarning(UserWarning):
-    """A sample (or a whole shard) of a WebDataset was skipped; the message says which and why."""
+logger = logging.getLogger(__name__)
 
 
 def _is_remote(url: str) -> bool:
@@ -87,7 +87,8 @@ def expand_shards(pattern: str | os.PathLike | list[str]) -> list[str]:
 
 
 def _warn(message: str) -> None:
-    warnings.warn(message, SkippedSampleWarning, stacklevel=3)
+    """One warning line (logger ``dalle2.data.webdataset``)."""
+    logger.warning("%s", message.replace("\r", " ").replace("\n", " "))
 
 
 def _warn_and_continue(exn: BaseException) -> bool:
@@ -102,11 +103,7 @@ def _decode_image(data: bytes, resolution: int) -> torch.Tensor:
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(io.BytesIO(data)) as image:
             image.load()
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                rgba = image.convert("RGBA")
-                rgb = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-            else:
-                rgb = image.convert("RGB")
+            rgb = to_rgb(image)
     return pil_to_tensor(resize_center_crop(rgb, resolution))
 
 
@@ -135,7 +132,7 @@ class ShardDataset(IterableDataset):
     ``length`` caps the number of samples yielded per epoch across all consumers (each of the ``n``
     consumers yields at most its share, ``length // n`` or one more). ``shuffle`` > 0 shuffles the shard
     order (per epoch, see ``set_epoch``) and samples within a buffer of that size; 0 keeps file order.
-    Corrupt samples and unreadable shard data are skipped with a ``SkippedSampleWarning``.
+    Corrupt samples and unreadable shard data are skipped with one warning line each (logging).
     """
 
     def __init__(

@@ -1,0 +1,185 @@
+"""Evaluator networks: small, frozen, versioned models that define our feature spaces and scorers.
+
+They are trained by project code (``dalle2 train evaluators``), saved as ``config.json`` +
+``model.safetensors`` and shipped inside the package under ``dalle2/assets/evaluators/NAME/``, so
+evaluation needs no training step and no download. A metric is named after the network that
+defines it (``FD_shapes-v1``), so nobody mistakes it for Inception FID.
+
+Architectures differ on purpose from every generator's (a VGG-style CNN here; the generators use
+ViT/UNet towers), so a generator cannot share blind spots with its judge.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+FORMAT_VERSION = 1
+
+
+class EvaluatorError(RuntimeError):
+    """An evaluator network is missing or incompatible."""
+
+
+@dataclass
+class ConvNetConfig:
+    in_channels: int = 3
+    resolution: int = 32
+    widths: tuple[int, ...] = (32, 64, 128)  # one stage (2 convs + pool) per width
+    feature_dim: int = 128  # penultimate features (FD space)
+    heads: dict[str, int] = field(default_factory=lambda: {"class": 10})  # head name -> outputs
+    dropout: float = 0.2
+
+
+class ConvNet(nn.Module):
+    """VGG-style CNN: stages of (conv-BN-ReLU) x 2 + max-pool, global average pool, feature MLP, heads."""
+
+    def __init__(self, config: ConvNetConfig):
+        super().__init__()
+        self.config = config
+        layers: list[nn.Module] = []
+        c_in = config.in_channels
+        for width in config.widths:
+            for _ in range(2):
+                layers += [
+                    nn.Conv2d(c_in, width, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(width),
+                    nn.ReLU(inplace=True),
+                ]
+                c_in = width
+            layers.append(nn.MaxPool2d(2))
+        self.trunk = nn.Sequential(*layers)
+        self.features = nn.Sequential(
+            nn.Flatten(), nn.Dropout(config.dropout), nn.Linear(c_in, config.feature_dim), nn.ReLU()
+        )
+        self.heads = nn.ModuleDict({name: nn.Linear(config.feature_dim, n) for name, n in config.heads.items()})
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, R, R) in [-1, 1] -> (B, feature_dim) penultimate features."""
+        h = self.trunk(x)  # (B, C', R/2^k, R/2^k)
+        return self.features(h.mean(dim=(2, 3)))  # (B, feature_dim)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = self.embed(x)
+        return {name: head(f) for name, head in self.heads.items()}
+
+
+@dataclass
+class EvalCLIPConfig:
+    vocab_size: int = 1000
+    max_length: int = 32
+    width: int = 128
+    layers: int = 2
+    heads: int = 4
+    embed_dim: int = 128
+    image: ConvNetConfig = field(
+        default_factory=lambda: ConvNetConfig(resolution=64, widths=(32, 64, 128, 128), heads={})
+    )
+
+
+class EvalCLIP(nn.Module):
+    """A small CLIP for CLIP score: CNN image tower, Transformer text tower, symmetric InfoNCE (Radford et al. 2021)."""
+
+    def __init__(self, config: EvalCLIPConfig):
+        super().__init__()
+        self.config = config
+        self.image_tower = ConvNet(config.image)
+        self.image_proj = nn.Linear(config.image.feature_dim, config.embed_dim, bias=False)
+        self.token_embedding = nn.Embedding(config.vocab_size, config.width)
+        self.position_embedding = nn.Parameter(torch.randn(config.max_length, config.width) * 0.02)
+        layer = nn.TransformerEncoderLayer(
+            config.width, config.heads, 4 * config.width, dropout=0.0, batch_first=True, norm_first=True
+        )
+        self.text_tower = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
+        self.text_norm = nn.LayerNorm(config.width)
+        self.text_proj = nn.Linear(config.width, config.embed_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(2.659))  # log(1/0.07), as in CLIP
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, R, R) -> (B, embed_dim), L2-normalised."""
+        return F.normalize(self.image_proj(self.image_tower.embed(x)), dim=-1)
+
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """ids, mask (B, L) -> (B, embed_dim), L2-normalised (masked mean over tokens)."""
+        h = self.token_embedding(ids) + self.position_embedding[: ids.shape[1]]  # (B, L, W)
+        h = self.text_norm(self.text_tower(h, src_key_padding_mask=~mask))  # (B, L, W)
+        m = mask.unsqueeze(-1).to(h.dtype)  # (B, L, 1)
+        pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)  # (B, W)
+        return F.normalize(self.text_proj(pooled), dim=-1)
+
+    def loss(self, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Symmetric contrastive loss with a learned temperature."""
+        zi, zt = self.encode_image(images), self.encode_text(ids, mask)
+        logits = self.logit_scale.clamp(max=4.6052).exp() * zi @ zt.T  # (B, B)
+        target = torch.arange(len(images))
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def _config_to_json(config: Any) -> dict[str, Any]:
+    return asdict(config)
+
+
+def save_evaluator(model: nn.Module, directory: str | Path, info: dict[str, Any]) -> Path:
+    """Write ``config.json`` (architecture, version, how it was trained, its measured accuracy) and weights."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    kind = type(model).__name__
+    meta = {"format": "dalle2-evaluator", "format_version": FORMAT_VERSION, "architecture": kind}
+    meta.update(info)
+    meta["config"] = _config_to_json(model.config)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+    os.close(fd)
+    save_file(state, tmp)
+    os.replace(tmp, directory / "model.safetensors")
+    (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return directory
+
+
+def _build(meta: dict[str, Any]) -> nn.Module:
+    cfg = meta["config"]
+    if meta["architecture"] == "ConvNet":
+        return ConvNet(ConvNetConfig(**{**cfg, "widths": tuple(cfg["widths"])}))
+    if meta["architecture"] == "EvalCLIP":
+        image = cfg.pop("image")
+        return EvalCLIP(EvalCLIPConfig(**cfg, image=ConvNetConfig(**{**image, "widths": tuple(image["widths"])})))
+    raise EvaluatorError(f"unknown evaluator architecture {meta['architecture']!r}")
+
+
+def shipped_dir() -> Path:
+    """Where the package keeps its evaluator networks."""
+    return Path(str(resources.files("dalle2") / "assets" / "evaluators"))
+
+
+def load_evaluator(name_or_path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Load a frozen evaluator (eval mode, no grad) by shipped name (``fashion-mnist-v1``) or folder."""
+    path = Path(name_or_path)
+    if not path.is_dir():
+        path = shipped_dir() / str(name_or_path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        available = sorted(p.name for p in shipped_dir().glob("*") if (p / "config.json").is_file())
+        raise EvaluatorError(
+            f"evaluator {name_or_path!r} not found (looked in {path}); shipped: {', '.join(available) or 'none'}; "
+            "train one with `dalle2 train evaluators`"
+        )
+    meta = json.loads(config_file.read_text())
+    if meta.get("format") != "dalle2-evaluator" or meta.get("format_version") != FORMAT_VERSION:
+        raise EvaluatorError(
+            f"{config_file}: evaluator format {meta.get('format')!r} version {meta.get('format_version')!r}; "
+            f"this dalle2 reads version {FORMAT_VERSION}; retrain it with `dalle2 train evaluators`"
+        )
+    model = _build(dict(meta))
+    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    model.eval().requires_grad_(False)
+    return model, meta
