@@ -24,7 +24,9 @@ def test_override_precedence_preset_then_yaml_then_cli(tmp_path):
 
 
 def test_values_are_typed_and_checked():
-    config = load_config("cpu", overrides=["train.learning_rate=1e-3", "train.max_minutes=2", "text.pretrained_encoder=null"])
+    config = load_config(
+        "cpu", overrides=["train.learning_rate=1e-3", "train.max_minutes=2", "text.pretrained_encoder=null"]
+    )
     assert config.train.learning_rate == pytest.approx(1e-3) and config.train.max_minutes == 2.0
     with pytest.raises(ConfigError, match="batch_size must be int"):
         load_config("cpu", overrides=["train.batch_size=big"])

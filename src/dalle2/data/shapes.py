@@ -721,6 +721,8 @@ def _caption_relation(scene: Scene, rng: np.random.Generator) -> str:
         lambda: f"there is {_a(na)} {fwd} {_a(nb)}",
         lambda: f"the {na} is {fwd} the {nb}",
         lambda: f"{_a(nb)} {inv} {_a(na)} {bg}",
+        lambda: f"{_a(na)} and {_a(nb)}",
+        lambda: f"{_a(nb)} and {_a(na)} {bg}",
     )
     return _pick(rng, templates)()
 
