@@ -1,3 +1,7 @@
 """dalle2: DALL·E 2 (unCLIP) and a text-conditional GAN, trainable on a laptop CPU."""
 
 __version__ = "0.1.0"
+
+from dalle2.pipeline import load  # noqa: E402
+
+__all__ = ["__version__", "load"]

@@ -95,6 +95,61 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> None:
     print(f"wrote {path} (vocabulary {tokenizer.vocab_size}, max length {tokenizer.max_length})")
 
 
+def cmd_train_evaluators(args: argparse.Namespace) -> None:
+    from dalle2.eval import train_evaluators as T
+
+    which = ["shapes-attr", "shapes-features", "fashion-mnist", "clip-shapes"] if args.which == "all" else [args.which]
+    for name in which:
+        print(f"training evaluator {name} ...", flush=True)
+        epochs = {"epochs": args.epochs} if args.epochs else {}
+        if name == "shapes-attr":
+            info = T.train_shape_classifier(args.out, seed=args.seed, **epochs)
+        elif name == "shapes-features":
+            info = T.train_shapes_features(args.out, seed=args.seed, **epochs)
+        elif name in ("fashion-mnist", "mnist"):
+            info = T.train_class_dataset(name, args.out, seed=args.seed, root=args.root, **epochs)
+        else:
+            from dalle2.eval.clip_evaluator import train_eval_clip
+
+            info = train_eval_clip("shapes", args.out, seed=args.seed)
+        print(json.dumps(info, indent=2))
+
+
+# ---------------------------------------------------------------------------------------------- eval
+def cmd_eval(args: argparse.Namespace) -> None:
+    from dalle2.eval import evaluate as E
+
+    if args.images or args.prompts:
+        if not (args.images and args.prompts) or args.model:
+            raise CLIError("score existing images with both --images DIR and --prompts FILE (and no MODEL_DIR)")
+        report = E.evaluate_images(args.images, args.prompts, args.out)
+    else:
+        if not args.model:
+            raise CLIError("give a MODEL_DIR to sample, or --images DIR --prompts FILE to score existing images")
+        E.evaluators_available(args.data)
+        report = E.evaluate_model(
+            args.model, args.data, args.out, quick=args.quick, seed=args.seed, batch_size=args.batch_size
+        )
+    print(E.markdown(report))
+    print(f"wrote {Path(args.out) / 'eval.json'}, eval.md and sample grids")
+
+
+def cmd_eval_prompts(args: argparse.Namespace) -> None:
+    from dalle2.eval import evaluate as E
+    from dalle2.eval.prompts import write_jsonl
+    from dalle2.grid import save_image_atomic
+
+    records = E.benchmark(args.data, args.quick, args.images_per_prompt)
+    path = write_jsonl(records, args.output)
+    print(f"wrote {path}: {len(records)} images to make ({len({r['id'] for r in records})} prompts)")
+    if args.render_real:
+        out = Path(args.render_real)
+        out.mkdir(parents=True, exist_ok=True)
+        for record, image in zip(records, E.real_images(records, args.resolution, args.seed), strict=True):
+            save_image_atomic(image, out / record["file_name"])
+        print(f"wrote {len(records)} real {args.resolution}x{args.resolution} images for these prompts to {out}")
+
+
 def cmd_config(args: argparse.Namespace) -> None:
     print(_resolve_config(args).to_yaml(), end="")
 
@@ -142,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     # train
-    train = commands.add_parser("train", help="train a stage (tokenizer, ...)", description="Train a stage.")
+    train = commands.add_parser("train", help="train a stage (tokenizer, evaluators)", description="Train a stage.")
     train_commands = train.add_subparsers(title="stages", metavar="STAGE")
     train.set_defaults(func=lambda _args: train.print_help())
     p = add(train_commands, "tokenizer", "train the BPE tokenizer on a dataset's captions", cmd_train_tokenizer)
@@ -150,6 +205,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="pipeline folder; writes OUT/tokenizer/tokenizer.json")
     p.add_argument("--limit", type=_positive_int, default=50_000, help="captions to read")
     _add_config_options(p)
+
+    p = add(
+        train_commands,
+        "evaluators",
+        "train the frozen evaluator networks that dalle2 eval ships with",
+        cmd_train_evaluators,
+    )
+    p.add_argument(
+        "--which",
+        default="all",
+        choices=["all", "shapes-attr", "shapes-features", "fashion-mnist", "mnist", "clip-shapes"],
+    )
+    p.add_argument(
+        "--out",
+        default="evaluators",
+        help="folder to write NAME-v1/ into (the package ships src/dalle2/assets/evaluators)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="override the default epochs")
+    p.add_argument("--root", default=None, help="IDX folder for fashion-mnist / mnist (default: the Debian path)")
+
+    # eval
+    p = add(
+        commands, "eval", "score a model (or any program's images) for faithfulness, FD/KID/PR, CLIP score", cmd_eval
+    )
+    p.add_argument("model", nargs="?", help="pipeline folder to sample (omit with --images)")
+    p.add_argument("--data", default="shapes", help="benchmark: shapes, fashion-mnist, mnist")
+    p.add_argument("--out", default="eval", help="folder for eval.json, eval.md and sample grids")
+    p.add_argument(
+        "--quick", action="store_true", help="small version (CI, progress checks); default is the reporting size"
+    )
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="prompts per sampling call")
+    p.add_argument("--images", metavar="DIR", help="score the images in DIR instead of sampling a model")
+    p.add_argument("--prompts", metavar="FILE", help="prompts.jsonl for --images (from `dalle2 eval-prompts`)")
+
+    p = add(
+        commands, "eval-prompts", "write the benchmark prompts (and optionally real images for them)", cmd_eval_prompts
+    )
+    p.add_argument("--data", default="shapes", help="benchmark: shapes, fashion-mnist, mnist")
+    p.add_argument("-o", "--output", default="prompts.jsonl", help="JSON-lines file: prompt, requirement, file_name")
+    p.add_argument("--quick", action="store_true", help="the small prompt set")
+    p.add_argument("--images-per-prompt", type=_positive_int, default=None, help="override images per prompt")
+    p.add_argument("--render-real", metavar="DIR", help="also write real images for every prompt into DIR")
+    p.add_argument("--resolution", type=_resolution, default=64, help="size of the real images")
+    p.add_argument("--seed", type=int, default=1, help="seed of the real images")
 
     # config
     p = add(commands, "config", "print the resolved configuration (preset < YAML < --set)", cmd_config)
@@ -160,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from dalle2.config import ConfigError
     from dalle2.data import DatasetError
+    from dalle2.eval.evaluate import EvalError
+    from dalle2.eval.networks import EvaluatorError
+    from dalle2.pipeline import PipelineError
     from dalle2.text import TokenizerError
 
     parser = build_parser()
@@ -169,7 +273,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         args.func(args)
-    except (CLIError, ConfigError, DatasetError, TokenizerError, FileNotFoundError, ValueError) as error:
+    except (
+        CLIError,
+        ConfigError,
+        DatasetError,
+        TokenizerError,
+        EvalError,
+        EvaluatorError,
+        PipelineError,
+        FileNotFoundError,
+        ValueError,
+    ) as error:
         print(f"dalle2: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

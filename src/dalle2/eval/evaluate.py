@@ -1,0 +1,382 @@
+"""``dalle2 eval``: sample a model (or read another program's images) on a benchmark, score, report.
+
+Flow: benchmark prompts -> images -> faithfulness (shapes scorer) or class accuracy (classifier)
+-> FD / KID / precision-recall in the dataset's evaluator feature space, beside the real-vs-real
+floor at the same N -> CLIP score -> ``eval.json``, ``eval.md`` and sample grids (failures first).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from dalle2 import __version__
+from dalle2.eval import metrics
+from dalle2.eval import prompts as P
+from dalle2.eval.networks import EvaluatorError, load_evaluator, shipped_dir
+from dalle2.grid import captioned_grid, save_image_atomic
+
+CLASS_DATASETS = ("fashion-mnist", "mnist")
+FEATURES = {"shapes": "shapes-features-v1", "fashion-mnist": "fashion-mnist-v1", "mnist": "mnist-v1"}
+CLIP_EVALUATORS = {"shapes": "clip-shapes-v1"}
+REFERENCE_SEED, FLOOR_SEED = 10_000, 20_000
+GRID_SIZE = 48
+
+
+class EvalError(ValueError):
+    """Evaluation inputs are missing or inconsistent."""
+
+
+# ------------------------------------------------------------------------------------------ images
+def images_to_tensor(images: list[Image.Image], resolution: int, grayscale: bool = False) -> torch.Tensor:
+    """PIL images -> (N, 3, R, R) float in [-1, 1]; 28-pixel MNIST-style images are padded, others resized."""
+    out = []
+    for image in images:
+        image = image.convert("L").convert("RGB") if grayscale else image.convert("RGB")
+        if image.size == (28, 28) and resolution == 32:
+            canvas = Image.new("RGB", (32, 32))
+            canvas.paste(image, (2, 2))
+            image = canvas
+        elif image.size != (resolution, resolution):
+            image = image.resize((resolution, resolution), Image.Resampling.BICUBIC)
+        out.append(torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1))
+    return torch.stack(out).div(127.5).sub(1.0)
+
+
+class FeatureNet:
+    """A frozen evaluator ConvNet used for features (FD space) and, where it has one, its class head."""
+
+    def __init__(self, name: str):
+        self.model, self.meta = load_evaluator(name)
+        self.name = name
+        self.resolution = int(self.meta["config"]["resolution"])
+        self.grayscale = self.meta.get("dataset") in CLASS_DATASETS
+
+    @torch.no_grad()
+    def run(self, images: list[Image.Image], batch_size: int = 256) -> tuple[np.ndarray, np.ndarray | None]:
+        feats, logits = [], []
+        for i in range(0, len(images), batch_size):
+            x = images_to_tensor(images[i : i + batch_size], self.resolution, self.grayscale)
+            x = x.contiguous(memory_format=torch.channels_last)
+            f = self.model.embed(x)
+            feats.append(f.double().numpy())
+            if "class" in self.model.heads:
+                logits.append(self.model.heads["class"](f).numpy())
+        return np.concatenate(feats), (np.concatenate(logits) if logits else None)
+
+
+# ---------------------------------------------------------------------------------- benchmark sets
+def benchmark(data: str, quick: bool, images_per_prompt: int | None = None) -> list[dict[str, Any]]:
+    """One record per image to make: the prompt, its requirement, the file name and the image seed."""
+    name = data.partition(":")[0]
+    if name == "shapes":
+        specs, k = P.shapes_prompts(quick=quick), images_per_prompt or (P.QUICK_IMAGES if quick else P.REPORT_IMAGES)
+    elif name in CLASS_DATASETS:
+        specs, k = P.class_prompts(name, quick=quick), images_per_prompt or 1
+    else:
+        raise EvalError(f"no benchmark prompts for {data!r}; use shapes, fashion-mnist or mnist")
+    return [
+        {**spec, "dataset": name, "image": j, "file_name": f"{spec['id']}-{j}.png"} for spec in specs for j in range(k)
+    ]
+
+
+def real_images(records: list[dict[str, Any]], resolution: int, seed: int) -> list[Image.Image]:
+    """Real images for the same prompts: shapes renders, or dataset images of the prompted class.
+
+    With ``REFERENCE_SEED`` this is the reference set; with ``FLOOR_SEED`` (shapes) or the train split
+    (class datasets) it is the independent real set that gives the real-vs-real floor.
+    """
+    name = records[0]["dataset"]
+    if name == "shapes":
+        return [P.render_real(r, resolution, np.random.default_rng([seed, i])) for i, r in enumerate(records)]
+    from dalle2.data import open_dataset
+
+    split = "test" if seed == REFERENCE_SEED else "train"
+    dataset = open_dataset(name, split=split, resolution=resolution)
+    by_class = defaultdict(list)
+    for index, label in enumerate(np.asarray(dataset.labels)):
+        by_class[int(label)].append(index)
+    rng = np.random.default_rng(seed)
+    chosen = [by_class[r["label"]][rng.integers(len(by_class[r["label"]]))] for r in records]
+    from dalle2.data.base import tensor_to_pil
+
+    return [tensor_to_pil(dataset[i]["image"]) for i in chosen]
+
+
+# --------------------------------------------------------------------------------------- scoring
+def _fidelity(
+    feature_net: FeatureNet, generated: list[Image.Image], reference: list[Image.Image], floor: list[Image.Image]
+) -> dict[str, Any]:
+    gen, _ = feature_net.run(generated)
+    ref, _ = feature_net.run(reference)
+    flo, _ = feature_net.run(floor)
+    n = len(gen)
+    m = min(1000, n, len(ref))
+    kid_mean, kid_std = metrics.kid(ref, gen, num_subsets=100, subset_size=m, seed=0)
+    kid_floor, _ = metrics.kid(ref, flo, num_subsets=100, subset_size=m, seed=0)
+    precision, recall = metrics.precision_recall(ref, gen, k=3)
+    return {
+        "feature_space": f"FD_{feature_net.name}",
+        "n_generated": n,
+        "n_reference": len(ref),
+        "fd": metrics.fd(ref, gen),
+        "fd_floor": metrics.fd(ref, flo),
+        "kid": kid_mean,
+        "kid_std": kid_std,
+        "kid_floor": kid_floor,
+        "kid_subset_size": m,
+        "precision": precision,
+        "recall": recall,
+    }
+
+
+def _faithfulness(records: list[dict[str, Any]], images: list[Image.Image]) -> tuple[dict[str, Any], list[bool]]:
+    from dalle2.eval.scorer import ShapesScorer
+
+    scorer = ShapesScorer.load()
+    passed = [
+        scorer.check(r, scorer.analyze(im))
+        for r, im in tqdm(list(zip(records, images, strict=True)), desc="score", leave=False)
+    ]
+    table: dict[str, Any] = {"scorer": scorer.version}
+    for split in P.SPLITS:
+        scores = {}
+        for task in P.TASKS:
+            hits = [p for r, p in zip(records, passed, strict=True) if r["task"] == task and r["split"] == split]
+            if hits:
+                scores[task] = float(np.mean(hits))
+        if scores:
+            scores["overall"] = float(np.mean(list(scores.values())))
+            table[split] = scores
+    table["n_per_task"] = len([r for r in records if r["task"] == P.TASKS[0] and r["split"] == P.SPLITS[0]])
+    return table, passed
+
+
+def _class_accuracy(
+    feature_net: FeatureNet, records: list[dict[str, Any]], generated: list[Image.Image], reference: list[Image.Image]
+) -> tuple[dict[str, Any], list[bool]]:
+    _, logits = feature_net.run(generated)
+    _, real_logits = feature_net.run(reference)
+    labels = np.array([r["label"] for r in records])
+    hit = logits.argmax(1) == labels
+    real_hit = real_logits.argmax(1) == labels
+    classes = feature_net.meta.get("classes", [])
+    per_class = {classes[c] if c < len(classes) else str(c): float(hit[labels == c].mean()) for c in np.unique(labels)}
+    return {
+        "classifier": feature_net.name,
+        "accuracy": float(hit.mean()),
+        "real_accuracy": float(real_hit.mean()),
+        "per_class": per_class,
+    }, hit.tolist()
+
+
+def _clip_score(
+    name: str, records: list[dict[str, Any]], generated: list[Image.Image], reference: list[Image.Image]
+) -> dict[str, Any]:
+    evaluator = CLIP_EVALUATORS.get(name)
+    if evaluator is None or not (shipped_dir() / evaluator).is_dir():
+        return {"skipped": f"no evaluation CLIP shipped for {name!r}"}
+    from dalle2.eval.clip_evaluator import ClipScorer
+
+    scorer = ClipScorer.load(evaluator)
+    prompts = [r["prompt"] for r in records]
+    return {
+        "evaluator": evaluator,
+        "definition": "mean of 100 * max(cos(image, text), 0)",
+        "generated": float(np.mean(scorer.score(generated, prompts))),
+        "real": float(np.mean(scorer.score(reference, prompts))),
+    }
+
+
+def score(
+    records: list[dict[str, Any]], images: list[Image.Image], sampling: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], list[bool]]:
+    """Every metric for ``images`` made for ``records``; returns the report and a pass flag per image."""
+    if len(records) != len(images):
+        raise EvalError(f"{len(records)} prompts but {len(images)} images")
+    if not records:
+        raise EvalError("nothing to evaluate")
+    name = records[0]["dataset"]
+    resolution = images[0].width
+    if any(im.size != (resolution, resolution) for im in images):
+        raise EvalError("all images must be square and of one size")
+    reference = real_images(records, resolution, REFERENCE_SEED)
+    floor = real_images(records, resolution, FLOOR_SEED)
+    feature_net = FeatureNet(FEATURES[name])
+    report: dict[str, Any] = {
+        "dalle2_version": __version__,
+        "dataset": name,
+        "resolution": resolution,
+        "prompt_set": {"version": P.PROMPT_SET_VERSION, "records": len(records)},
+        "sampling": sampling or {"note": "images supplied by the user; sampling speed unknown"},
+    }
+    if name == "shapes":
+        report["faithfulness"], passed = _faithfulness(records, images)
+    else:
+        report["class_accuracy"], passed = _class_accuracy(feature_net, records, images, reference)
+    report["fidelity"] = _fidelity(feature_net, images, reference, floor)
+    report["clip_score"] = _clip_score(name, records, images, reference)
+    return report, passed
+
+
+# --------------------------------------------------------------------------------------- reports
+def markdown(report: dict[str, Any]) -> str:
+    lines = [f"# dalle2 eval: {report['dataset']} at {report['resolution']}x{report['resolution']}", ""]
+    sampling = report["sampling"]
+    if "images_per_second" in sampling:
+        lines += [
+            f"Sampling: {sampling['images']} images in {sampling['seconds']:.1f} s = "
+            f"**{sampling['images_per_second']:.2f} images/s** ({json.dumps(sampling.get('settings', {}))})",
+            "",
+        ]
+    if "faithfulness" in report:
+        f = report["faithfulness"]
+        tasks = [*P.TASKS, "overall"]
+        lines += [
+            f"Faithfulness (scorer {f['scorer']}, {f['n_per_task']} images per task):",
+            "",
+            "| split | " + " | ".join(tasks) + " |",
+            "|---" * (len(tasks) + 1) + "|",
+        ]
+        for split in P.SPLITS:
+            if split in f:
+                lines.append(f"| {split} | " + " | ".join(f"{f[split].get(t, float('nan')):.3f}" for t in tasks) + " |")
+        lines.append("")
+    if "class_accuracy" in report:
+        c = report["class_accuracy"]
+        lines += [
+            f"Class accuracy ({c['classifier']}): generated **{c['accuracy']:.3f}**, "
+            f"real test images {c['real_accuracy']:.3f}",
+            "",
+        ]
+    d = report["fidelity"]
+    lines += [
+        f"Fidelity in {d['feature_space']} (N = {d['n_generated']} generated vs {d['n_reference']} real):",
+        "",
+        "| FD | FD real-vs-real floor | KID | KID floor | precision | recall |",
+        "|---|---|---|---|---|---|",
+        f"| {d['fd']:.3f} | {d['fd_floor']:.3f} | {d['kid']:.4f} ± {d['kid_std']:.4f} | {d['kid_floor']:.4f} "
+        f"| {d['precision']:.3f} | {d['recall']:.3f} |",
+        "",
+    ]
+    cs = report["clip_score"]
+    if "generated" in cs:
+        lines += [
+            f"CLIP score ({cs['evaluator']}, {cs['definition']}): "
+            f"generated {cs['generated']:.2f}, real {cs['real']:.2f}",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def write_report(
+    report: dict[str, Any],
+    records: list[dict[str, Any]],
+    images: list[Image.Image],
+    passed: list[bool],
+    out: str | Path,
+) -> Path:
+    """``eval.json``, ``eval.md`` and grids (failures first) per split."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for split in sorted({r["split"] for r in records}):
+        idx = [i for i, r in enumerate(records) if r["split"] == split]
+        idx.sort(key=lambda i: passed[i])  # failures first (stable: benchmark order within each group)
+        idx = idx[:GRID_SIZE]
+        grid = captioned_grid(
+            [images[i] for i in idx],
+            [records[i]["prompt"] for i in idx],
+            ncols=8,
+            marks=["" if passed[i] else "FAIL" for i in idx],
+        )
+        save_image_atomic(grid, out / f"samples_{split}.png")
+    report["grids"] = sorted(p.name for p in out.glob("samples_*.png"))
+    tmp = out / "eval.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(out / "eval.json")
+    (out / "eval.md").write_text(markdown(report) + "\n")
+    return out
+
+
+# ----------------------------------------------------------------------------------- entry points
+def evaluate_model(
+    model_dir: str | Path, data: str, out: str | Path, quick: bool = False, seed: int = 0, batch_size: int = 64
+) -> dict[str, Any]:
+    """Sample a saved pipeline on the benchmark prompts and score it."""
+    from dalle2.pipeline import load
+
+    pipe = load(model_dir)
+    records = benchmark(data, quick)
+    prompts = [r["prompt"] for r in records]
+    images: list[Image.Image] = []
+    start = time.perf_counter()
+    for i in tqdm(range(0, len(prompts), batch_size), desc="sample", unit="batch"):
+        images += pipe(prompts[i : i + batch_size], n=1, seed=seed + i)
+    seconds = time.perf_counter() - start
+    sampling = {
+        "images": len(images),
+        "seconds": seconds,
+        "images_per_second": len(images) / seconds,
+        "seed": seed,
+        "batch_size": batch_size,
+        "model": str(model_dir),
+        "settings": pipe.settings(),
+    }
+    report, passed = score(records, images, sampling)
+    report["quick"] = quick
+    write_report(report, records, images, passed, out)
+    return report
+
+
+def load_images(directory: str | Path, records: list[dict[str, Any]]) -> list[Image.Image]:
+    """The images named by ``file_name`` in the prompts file; every missing or broken one is listed."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise EvalError(f"images folder not found: {directory}")
+    images, problems = [], []
+    for r in records:
+        if "file_name" not in r:
+            raise EvalError("every prompts line needs a 'file_name' naming its image in --images")
+        path = directory / r["file_name"]
+        try:
+            with Image.open(path) as im:
+                im.load()
+                images.append(im.convert("RGB"))
+        except FileNotFoundError:
+            problems.append(f"{r['file_name']}: missing")
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+            problems.append(f"{r['file_name']}: unreadable ({error})")
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise EvalError(f"{len(problems)} of {len(records)} images could not be read: {shown}")
+    return images
+
+
+def evaluate_images(images_dir: str | Path, prompts_file: str | Path, out: str | Path) -> dict[str, Any]:
+    """Score images made by any program for a prompts file written by ``dalle2 eval-prompts``."""
+    records = P.read_jsonl(prompts_file)
+    datasets = {r.get("dataset") for r in records}
+    if len(datasets) != 1 or None in datasets:
+        raise EvalError(f"{prompts_file}: every line needs the same 'dataset' (write it with `dalle2 eval-prompts`)")
+    images = load_images(images_dir, records)
+    report, passed = score(records, images)
+    write_report(report, records, images, passed, out)
+    return report
+
+
+def evaluators_available(data: str) -> None:
+    name = data.partition(":")[0]
+    if name not in FEATURES:
+        raise EvalError(f"no evaluator networks for {data!r}; evaluation supports shapes, fashion-mnist and mnist")
+    if not (shipped_dir() / FEATURES[name]).is_dir():
+        raise EvaluatorError(
+            f"evaluator {FEATURES[name]} is not shipped; train it with `dalle2 train evaluators --which {name}`"
+        )

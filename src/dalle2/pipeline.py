@@ -1,0 +1,75 @@
+"""Saved pipeline folders and ``dalle2.load``: one entry point for every model family.
+
+A pipeline folder holds ``model_index.json`` (``{"format": "dalle2", "format_version": 1, "kind": ...}``)
+and one sub-folder per component. Each model family registers a loader for its ``kind``; ``load``
+reads the index, checks the format version and hands the folder to that loader. Every pipeline is
+called the same way: ``pipe(prompts, n=1, seed=0) -> list[PIL.Image]``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from PIL import Image
+
+FORMAT = "dalle2"
+FORMAT_VERSION = 1
+
+
+class PipelineError(ValueError):
+    """A pipeline folder is missing, malformed, of another format version, or of an unknown kind."""
+
+
+class Pipeline(Protocol):
+    resolution: int  # output image size in pixels
+
+    def __call__(self, prompts: str | list[str], n: int = 1, seed: int = 0) -> list[Image.Image]:
+        """``n`` images per prompt, prompt-major, reproducible from ``seed``."""
+        ...
+
+    def settings(self) -> dict[str, Any]:
+        """Sampler settings and versions, recorded in every evaluation report."""
+        ...
+
+
+LOADERS: dict[str, Callable[[Path, dict[str, Any]], Pipeline]] = {}
+
+
+def register(kind: str, loader: Callable[[Path, dict[str, Any]], Pipeline]) -> None:
+    """Make ``load`` open folders whose ``model_index.json`` says ``"kind": kind``."""
+    LOADERS[kind] = loader
+
+
+def read_index(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    index_file = path / "model_index.json"
+    if not path.is_dir():
+        raise PipelineError(f"model folder not found: {path}")
+    if not index_file.is_file():
+        raise PipelineError(f"{path} is not a dalle2 pipeline folder (no model_index.json)")
+    try:
+        index = json.loads(index_file.read_text())
+    except json.JSONDecodeError as error:
+        raise PipelineError(f"{index_file}: not valid JSON ({error.msg})") from None
+    if index.get("format") != FORMAT:
+        raise PipelineError(f"{index_file}: format {index.get('format')!r} is not {FORMAT!r}")
+    version = index.get("format_version")
+    if version != FORMAT_VERSION:
+        raise PipelineError(
+            f"{index_file}: format version {version!r}; this dalle2 reads version {FORMAT_VERSION} "
+            "(upgrade dalle2, or retrain the model with this version)"
+        )
+    return index
+
+
+def load(path: str | Path) -> Pipeline:
+    """Open a saved pipeline folder of any registered kind."""
+    index = read_index(path)
+    kind = index.get("kind")
+    if kind not in LOADERS:
+        known = ", ".join(sorted(LOADERS)) or "none registered"
+        raise PipelineError(f"{path}: unknown model kind {kind!r} (known kinds: {known})")
+    return LOADERS[kind](Path(path), index)
