@@ -109,7 +109,7 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> di
 
 
 def train_class_dataset(
-    name: str, out: str | Path, epochs: int = 12, seed: int = 0, root: str | None = None
+    name: str, out: str | Path, epochs: int = 8, seed: int = 0, root: str | None = None
 ) -> dict[str, Any]:
     """The Fashion-MNIST / MNIST classifier whose penultimate features define ``FD_<name>-v1``."""
     from dalle2.data import open_dataset
