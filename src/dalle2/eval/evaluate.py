@@ -105,7 +105,13 @@ def real_images(records: list[dict[str, Any]], resolution: int, seed: int) -> li
     for index, label in enumerate(np.asarray(dataset.labels)):
         by_class[int(label)].append(index)
     rng = np.random.default_rng(seed)
-    chosen = [by_class[r["label"]][rng.integers(len(by_class[r["label"]]))] for r in records]
+    order = {label: rng.permutation(indices) for label, indices in by_class.items()}  # without replacement
+    taken: dict[int, int] = defaultdict(int)
+    chosen = []
+    for r in records:
+        pool = order[r["label"]]
+        chosen.append(int(pool[taken[r["label"]] % len(pool)]))
+        taken[r["label"]] += 1
     from dalle2.data.base import tensor_to_pil
 
     return [tensor_to_pil(dataset[i]["image"]) for i in chosen]
@@ -142,10 +148,8 @@ def _faithfulness(records: list[dict[str, Any]], images: list[Image.Image]) -> t
     from dalle2.eval.scorer import ShapesScorer
 
     scorer = ShapesScorer.load()
-    passed = [
-        scorer.check(r, scorer.analyze(im))
-        for r, im in tqdm(list(zip(records, images, strict=True)), desc="score", leave=False)
-    ]
+    analyses = scorer.analyze_many(images)
+    passed = [scorer.check(r, a) for r, a in zip(records, analyses, strict=True)]
     table: dict[str, Any] = {"scorer": scorer.version}
     for split in P.SPLITS:
         scores = {}

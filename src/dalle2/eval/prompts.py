@@ -19,6 +19,7 @@ SPLITS = ("train", "heldout")  # attribute combinations seen in training / the d
 PROMPT_SET_VERSION = 1
 REPORT_PROMPTS, REPORT_IMAGES = 100, 4  # per task and split, at reporting size
 QUICK_PROMPTS, QUICK_IMAGES = 12, 2
+CLASS_REPORT, CLASS_QUICK = 1000, 50  # class datasets: prompts per class (10k / 500 images)
 
 
 def _np(color: str, shape: str) -> str:
@@ -88,7 +89,7 @@ def class_prompts(dataset: str, quick: bool = False, per_class: int | None = Non
     """Class-conditional prompts for Fashion-MNIST / MNIST: the canonical caption of every class."""
     from dalle2.data.idx import class_prompt, classes_for
 
-    n = per_class or (5 if quick else 100)
+    n = per_class or (CLASS_QUICK if quick else CLASS_REPORT)
     out = []
     for label, name in enumerate(classes_for(dataset)):
         for i in range(n):

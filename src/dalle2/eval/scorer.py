@@ -123,38 +123,24 @@ class ShapesScorer:
         return [S.SHAPES[i] for i in idx.tolist()], conf.tolist()
 
     def analyze(self, image: Image.Image | np.ndarray) -> Analysis:
-        rgb = _as_uint8(image)
-        h, w, _ = rgb.shape
-        background, _, distance, labels, crops = segment(rgb)
-        shapes, confidence = self.classify(crops)
-        analysis = Analysis(background)
-        cell_w, cell_h = w / 3, h / 3
-        for k, (shape, conf) in enumerate(zip(shapes, confidence, strict=True), 1):
-            mask = labels == k
-            ys, xs = np.nonzero(mask)
-            core = mask & (distance >= 0.5 * distance[mask].max())
-            pixels = rgb[core].astype(np.float32)  # (P, 3)
-            votes = np.argmin(((pixels[:, None, :] - _PALETTE[None]) ** 2).sum(-1), axis=1)
-            color = _PALETTE_NAMES[int(np.bincount(votes, minlength=len(_PALETTE)).argmax())]
-            weights = distance[mask]
-            cx, cy = (
-                float((xs * weights).sum() / weights.sum()) + 0.5,
-                float((ys * weights).sum() / weights.sum()) + 0.5,
-            )
-            col, row = min(2, int(cx // cell_w)), min(2, int(cy // cell_h))
-            extent = max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) / cell_w
-            analysis.objects.append(
-                Detection(
-                    shape=shape,
-                    color=color,
-                    size="large" if extent > 0.62 else "small",
-                    cell=S.CELLS[row * 3 + col],
-                    bbox=(float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)),
-                    area=int(mask.sum()),
-                    shape_confidence=round(float(conf), 4),
-                )
-            )
-        return analysis
+        return self.analyze_many([image])[0]
+
+    def analyze_many(self, images: list[Image.Image] | list[np.ndarray], batch_size: int = 1024) -> list[Analysis]:
+        """Analyse images, classifying every object crop of the whole batch in a few network calls."""
+        segmented = [(rgb, *segment(rgb)) for rgb in map(_as_uint8, images)]
+        crops = [crop for *_, image_crops in segmented for crop in image_crops]
+        shapes: list[str] = []
+        confidence: list[float] = []
+        for i in range(0, len(crops), batch_size):
+            s, c = self.classify(crops[i : i + batch_size])
+            shapes += s
+            confidence += c
+        out, k = [], 0
+        for rgb, background, bg_color, distance, labels, image_crops in segmented:
+            n = len(image_crops)
+            out.append(_describe(rgb, background, bg_color, distance, labels, shapes[k : k + n], confidence[k : k + n]))
+            k += n
+        return out
 
     def check(self, spec: dict[str, Any], analysis: Analysis) -> bool:
         """Whether an image's analysis satisfies a benchmark prompt's requirement (see ``prompts.py``)."""
@@ -186,6 +172,59 @@ class ShapesScorer:
                             return True
             return False
         raise ValueError(f"unknown task {task!r}")
+
+
+def _describe(
+    rgb: np.ndarray,
+    background: str,
+    bg_color: np.ndarray,
+    distance: np.ndarray,
+    labels: np.ndarray,
+    shapes: list[str],
+    confidence: list[float],
+) -> Analysis:
+    """Colour, size, cell and box of each segmented object, given its classified shape."""
+    h, w, _ = rgb.shape
+    analysis = Analysis(background)
+    cell_w, cell_h = w / 3, h / 3
+    for k, (shape, conf) in enumerate(zip(shapes, confidence, strict=True), 1):
+        mask = labels == k
+        ys, xs = np.nonzero(mask)
+        color = _vote_color(rgb[mask].astype(np.float32), bg_color, distance[mask])
+        weights = distance[mask]
+        cx, cy = (
+            float((xs * weights).sum() / weights.sum()) + 0.5,
+            float((ys * weights).sum() / weights.sum()) + 0.5,
+        )
+        col, row = min(2, int(cx // cell_w)), min(2, int(cy // cell_h))
+        extent = max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) / cell_w
+        analysis.objects.append(
+            Detection(
+                shape=shape,
+                color=color,
+                size="large" if extent > 0.62 else "small",
+                cell=S.CELLS[row * 3 + col],
+                bbox=(float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)),
+                area=int(mask.sum()),
+                shape_confidence=round(float(conf), 4),
+            )
+        )
+    return analysis
+
+
+def _vote_color(pixels: np.ndarray, bg_color: np.ndarray, weight: np.ndarray) -> str:
+    """The palette colour whose blend line with the background best explains an object's pixels.
+
+    Antialiased edges (and whole small objects) are mixes ``alpha * colour + (1 - alpha) * background``;
+    each pixel votes, weighted by its distance from the background, for the colour whose segment
+    background -> colour passes closest to it, so dark blends of cyan are not read as green.
+    """
+    v = _PALETTE - bg_color  # (K, 3)
+    d = pixels - bg_color  # (P, 3)
+    t = np.clip(d @ v.T / np.maximum((v * v).sum(1), 1e-6), 0, 1)  # (P, K) blend factor per colour
+    residual = ((d[:, None, :] - t[..., None] * v[None]) ** 2).sum(-1)  # (P, K)
+    votes = np.bincount(residual.argmin(1), weights=weight, minlength=len(_PALETTE))
+    return _PALETTE_NAMES[int(votes.argmax())]
 
 
 def _two(objects: list[Detection], want: list[dict[str, str]], color: bool) -> tuple[Detection, Detection] | None:
