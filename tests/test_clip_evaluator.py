@@ -162,6 +162,11 @@ def test_shipped_shapes_clip(shapes_test):
     t2i = (sim.argmax(0) == torch.arange(64)).float().mean().item()
     i2t = (sim.argmax(1) == torch.arange(64)).float().mean().item()
     assert t2i > RECALL_MIN and i2t > RECALL_MIN, (t2i, i2t)
+    # 32x32 images (the generators' resolution) are upsampled to 64 and still separate clearly
+    small = torch.nn.functional.interpolate(images, size=32, mode="area")
+    matched32 = scorer.score(small, captions)
+    shuffled32 = scorer.score(small, [captions[(i + 1) % len(captions)] for i in range(len(captions))])
+    assert matched32.mean() > shuffled32.mean() + MATCHED_MARGIN, (matched32.mean(), shuffled32.mean())
 
 
 def test_missing_evaluator_is_a_clear_error(tmp_path):
@@ -169,5 +174,7 @@ def test_missing_evaluator_is_a_clear_error(tmp_path):
         ClipScorer.load(tmp_path / "nothing-here")
 
 
-MATCHED_MARGIN = 5.0  # set after measuring the shipped model (see the report)
-RECALL_MIN = 0.3
+# Measured on the shipped clip-shapes-v1 with these 64 test pairs: matched 90.3 vs shuffled 11.7 (32x32
+# inputs: 83.6 vs 10.8); recall@1 among 64: text->image 0.94, image->text 0.98.
+MATCHED_MARGIN = 40.0
+RECALL_MIN = 0.7

@@ -98,20 +98,25 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> None:
 def cmd_train_evaluators(args: argparse.Namespace) -> None:
     from dalle2.eval import train_evaluators as T
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     which = ["shapes-attr", "shapes-features", "fashion-mnist", "clip-shapes"] if args.which == "all" else [args.which]
     for name in which:
         print(f"training evaluator {name} ...", flush=True)
         epochs = {"epochs": args.epochs} if args.epochs else {}
+        seed = {"seed": args.seed} if args.seed is not None else {}  # each evaluator has its own default seed
         if name == "shapes-attr":
-            info = T.train_shape_classifier(args.out, seed=args.seed, **epochs)
+            info = T.train_shape_classifier(args.out, **seed, **epochs)
         elif name == "shapes-features":
-            info = T.train_shapes_features(args.out, seed=args.seed, **epochs)
+            info = T.train_shapes_features(args.out, **seed, **epochs)
         elif name in ("fashion-mnist", "mnist"):
-            info = T.train_class_dataset(name, args.out, seed=args.seed, root=args.root, **epochs)
+            info = T.train_class_dataset(name, args.out, root=args.root, **seed, **epochs)
         else:
             from dalle2.eval.clip_evaluator import train_eval_clip
 
-            info = train_eval_clip("shapes", args.out, seed=args.seed)
+            info = train_eval_clip("shapes", args.out, **seed)
         print(json.dumps(info, indent=2))
 
 
@@ -222,8 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="evaluators",
         help="folder to write NAME-v1/ into (the package ships src/dalle2/assets/evaluators)",
     )
-    p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--seed", type=int, default=None, help="training seed (default: the shipped evaluator's)")
     p.add_argument("--epochs", type=_positive_int, default=None, help="override the default epochs")
+    p.add_argument(
+        "--threads", type=_positive_int, default=None, help="torch CPU threads (1 is faster on a busy machine)"
+    )
     p.add_argument("--root", default=None, help="IDX folder for fashion-mnist / mnist (default: the Debian path)")
 
     # eval

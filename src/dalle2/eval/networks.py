@@ -39,6 +39,7 @@ class ConvNetConfig:
     feature_dim: int = 128  # penultimate features (FD space)
     heads: dict[str, int] = field(default_factory=lambda: {"class": 10})  # head name -> outputs
     dropout: float = 0.2
+    stem_stride: int = 1  # 2: a strided first convolution halves the input (4x cheaper at 64x64)
 
 
 class ConvNet(nn.Module):
@@ -49,6 +50,14 @@ class ConvNet(nn.Module):
         self.config = config
         layers: list[nn.Module] = []
         c_in = config.in_channels
+        if config.stem_stride > 1:
+            width = config.widths[0]
+            layers += [
+                nn.Conv2d(c_in, width, 3, stride=config.stem_stride, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+            ]
+            layers += [nn.ReLU(inplace=True)]
+            c_in = width
         for width in config.widths:
             for _ in range(2):
                 layers += [
@@ -141,13 +150,14 @@ def save_evaluator(model: nn.Module, directory: str | Path, info: dict[str, Any]
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
     os.close(fd)
     save_file(state, tmp)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; shipped weights must be readable by every user
     os.replace(tmp, directory / "model.safetensors")
     (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
     return directory
 
 
 def _build(meta: dict[str, Any]) -> nn.Module:
-    cfg = meta["config"]
+    cfg = dict(meta["config"])
     if meta["architecture"] == "ConvNet":
         return ConvNet(ConvNetConfig(**{**cfg, "widths": tuple(cfg["widths"])}))
     if meta["architecture"] == "EvalCLIP":

@@ -243,7 +243,7 @@ def _shapes_loss(out: dict[str, torch.Tensor], t: dict[str, torch.Tensor]) -> to
     return loss
 
 
-def train_shapes_features(out: str | Path, num: int = 20_000, epochs: int = 4, seed: int = 0) -> dict[str, Any]:
+def train_shapes_features(out: str | Path, num: int = 16_000, epochs: int = 4, seed: int = 0) -> dict[str, Any]:
     """The ``shapes-features-v1`` network: whole-image attributes at 64x64; its features define FD_shapes-v1."""
     from dalle2.data import shapes as S
 
@@ -262,7 +262,7 @@ def train_shapes_features(out: str | Path, num: int = 20_000, epochs: int = 4, s
         "cells": len(S.CELLS),
     }
     model = ConvNet(
-        ConvNetConfig(in_channels=3, resolution=64, widths=(32, 64, 128, 128), feature_dim=128, heads=heads)
+        ConvNetConfig(in_channels=3, resolution=64, widths=(32, 64, 128), feature_dim=128, heads=heads, stem_stride=2)
     )
     seconds = fit(model, x_train, shapes_targets(metas), _shapes_loss, epochs=epochs, seed=seed, desc="shapes-features")
     pred, target = predict(model, x_test), shapes_targets(test_metas)
