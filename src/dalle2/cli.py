@@ -17,6 +17,15 @@ class CLIError(Exception):
     """An error to report in one line, without a traceback."""
 
 
+class _CommandListFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps each command's help on its own line: argparse measures sub-commands 2 columns short."""
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction):
+            self._action_max_length += 2
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -164,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dalle2",
         description="DALL·E 2 (unCLIP) and a text-conditional GAN that train from scratch on a laptop CPU.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_CommandListFormatter,
     )
     parser.add_argument("--version", action="version", version=f"dalle2 {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
@@ -202,7 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     # train
-    train = commands.add_parser("train", help="train a stage (tokenizer, evaluators)", description="Train a stage.")
+    train = commands.add_parser(
+        "train",
+        help="train a stage (tokenizer, evaluators)",
+        description="Train a stage.",
+        formatter_class=_CommandListFormatter,
+    )
     train_commands = train.add_subparsers(title="stages", metavar="STAGE")
     train.set_defaults(func=lambda _args: train.print_help())
     p = add(train_commands, "tokenizer", "train the BPE tokenizer on a dataset's captions", cmd_train_tokenizer)
@@ -214,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         train_commands,
         "evaluators",
-        "train the frozen evaluator networks that dalle2 eval ships with",
+        "train the frozen evaluator networks dalle2 eval uses",
         cmd_train_evaluators,
     )
     p.add_argument(
@@ -235,9 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=None, help="IDX folder for fashion-mnist / mnist (default: the Debian path)")
 
     # eval
-    p = add(
-        commands, "eval", "score a model (or any program's images) for faithfulness, FD/KID/PR, CLIP score", cmd_eval
-    )
+    p = add(commands, "eval", "score a model, or any program's images, on a benchmark", cmd_eval)
     p.add_argument("model", nargs="?", help="pipeline folder to sample (omit with --images)")
     p.add_argument("--data", default="shapes", help="benchmark: shapes, fashion-mnist, mnist")
     p.add_argument("--out", default="eval", help="folder for eval.json, eval.md and sample grids")
@@ -249,9 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", metavar="DIR", help="score the images in DIR instead of sampling a model")
     p.add_argument("--prompts", metavar="FILE", help="prompts.jsonl for --images (from `dalle2 eval-prompts`)")
 
-    p = add(
-        commands, "eval-prompts", "write the benchmark prompts (and optionally real images for them)", cmd_eval_prompts
-    )
+    p = add(commands, "eval-prompts", "write the benchmark prompts (and real images for them)", cmd_eval_prompts)
     p.add_argument("--data", default="shapes", help="benchmark: shapes, fashion-mnist, mnist")
     p.add_argument("-o", "--output", default="prompts.jsonl", help="JSON-lines file: prompt, requirement, file_name")
     p.add_argument("--quick", action="store_true", help="the small prompt set")
