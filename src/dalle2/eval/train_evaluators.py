@@ -243,7 +243,7 @@ def _shapes_loss(out: dict[str, torch.Tensor], t: dict[str, torch.Tensor]) -> to
     return loss
 
 
-def train_shapes_features(out: str | Path, num: int = 16_000, epochs: int = 4, seed: int = 0) -> dict[str, Any]:
+def train_shapes_features(out: str | Path, num: int = 12_000, epochs: int = 6, seed: int = 0) -> dict[str, Any]:
     """The ``shapes-features-v1`` network: whole-image attributes at 64x64; its features define FD_shapes-v1."""
     from dalle2.data import shapes as S
 
@@ -261,15 +261,17 @@ def train_shapes_features(out: str | Path, num: int = 16_000, epochs: int = 4, s
         "colors": len(S.COLORS),
         "cells": len(S.CELLS),
     }
-    model = ConvNet(
-        ConvNetConfig(in_channels=3, resolution=64, widths=(32, 64, 128), feature_dim=128, heads=heads, stem_stride=2)
-    )
+    model = ConvNet(ConvNetConfig(in_channels=3, resolution=64, widths=(16, 32, 64, 128), feature_dim=128, heads=heads))
     seconds = fit(model, x_train, shapes_targets(metas), _shapes_loss, epochs=epochs, seed=seed, desc="shapes-features")
     pred, target = predict(model, x_test), shapes_targets(test_metas)
     accuracy = {
         "background": (pred["background"].argmax(1) == target["background"]).float().mean().item(),
         "count": (pred["count"].argmax(1) == target["count"]).float().mean().item(),
         **{k: ((pred[k] > 0).float() == target[k]).all(1).float().mean().item() for k in ("shapes", "colors", "cells")},
+        **{
+            f"{k}_per_label": ((pred[k] > 0).float() == target[k]).float().mean().item()
+            for k in ("shapes", "colors", "cells")
+        },
     }
     info = {
         "name": "shapes-features-v1",

@@ -1,0 +1,285 @@
+"""Resumable training checkpoints and component weight folders, written atomically.
+
+A checkpoint is a folder ``checkpoints/step_00000120/``::
+
+    model.safetensors   trained weights            ema.safetensors   EMA weights (fp32)
+    optimizer.pt        optimizer state (tensors, numbers, strings only: read with weights_only=True)
+    rng.safetensors     torch CPU / CUDA generator states of every process
+    config.yaml         the resolved run configuration
+    state.json          step, data position, LR scheduler, Python/NumPy RNG states; written last
+
+The folder is filled under a temporary name in the same directory and renamed into place, so a
+``step_*`` folder either is complete or does not exist; a crash mid-save leaves the previous
+checkpoint untouched (and a ``.step_*.tmp-*`` folder that the next save clears away).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file, load_model, save_file, save_model
+from torch import nn
+
+from dalle2.training.errors import TrainingError
+
+FORMAT = "dalle2-train-state"
+FORMAT_VERSION = 1
+STATE_FILE = "state.json"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+# -- random number generator states ---------------------------------------------------------------
+
+
+def capture_rng() -> dict[str, Any]:
+    """This process's Python, NumPy, torch CPU and CUDA generator states."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if states.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Run a block (e.g. sampling for a preview grid) without disturbing the training random streams."""
+    states = capture_rng()
+    try:
+        yield
+    finally:
+        restore_rng(states)
+
+
+def _rng_to_files(per_process: list[dict[str, Any]]) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    tensors: dict[str, torch.Tensor] = {}
+    plain: list[dict[str, Any]] = []
+    for rank, states in enumerate(per_process):
+        tensors[f"torch.{rank}"] = states["torch"].clone()
+        for device, state in enumerate(states["cuda"]):
+            tensors[f"cuda.{rank}.{device}"] = state.clone()
+        version, internal, gauss = states["python"]
+        name, keys, pos, has_gauss, cached = states["numpy"]
+        plain.append(
+            {
+                "python": [version, list(internal), gauss],
+                "numpy": [name, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)],
+                "cuda_devices": len(states["cuda"]),
+            }
+        )
+    return tensors, plain
+
+
+def _rng_from_files(tensors: dict[str, torch.Tensor], plain: list[dict[str, Any]], rank: int) -> dict[str, Any]:
+    entry = plain[rank]
+    version, internal, gauss = entry["python"]
+    name, keys, pos, has_gauss, cached = entry["numpy"]
+    return {
+        "python": (version, tuple(internal), gauss),
+        "numpy": (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached),
+        "torch": tensors[f"torch.{rank}"],
+        "cuda": [tensors[f"cuda.{rank}.{d}"] for d in range(entry["cuda_devices"])],
+    }
+
+
+# -- files --------------------------------------------------------------------------------------------
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(data: Any, path: Path) -> None:
+    """Write JSON through a temporary file in the same folder and rename it into place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_optimizer_state(state: dict[str, Any], path: Path) -> None:
+    torch.save(state, path)
+
+
+def write_folder_atomic(final: Path, fill: Callable[[Path], None]) -> Path:
+    """Create folder ``final`` by filling a temporary sibling with ``fill(tmp)`` and renaming it.
+
+    If ``final`` already exists it is replaced; at every moment either the old or the new folder is
+    in place under the name, never a partial one.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        fill(tmp)
+        for file in tmp.iterdir():
+            _fsync(file)
+        old = None
+        if final.exists():
+            old = final.parent / f".{final.name}.old-{os.getpid()}"
+            os.replace(final, old)
+        os.replace(tmp, final)
+        _fsync(final.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+# -- checkpoints --------------------------------------------------------------------------------------
+
+
+def step_of(path: Path) -> int | None:
+    match = _STEP_DIR.match(path.name)
+    return int(match.group(1)) if match else None
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Complete checkpoint folders under ``root``, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and step_of(p) is not None and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: step_of(p) or 0)
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def save_checkpoint(
+    root: str | Path,
+    *,
+    step: int,
+    model: nn.Module,
+    ema_model: nn.Module,
+    optimizer_state: dict[str, Any],
+    state: dict[str, Any],
+    rng_states: list[dict[str, Any]],
+    run_config: dict[str, Any],
+    keep: int = 1,
+) -> Path:
+    """Write ``root/step_{step:08d}`` atomically, then delete all but the newest ``keep`` checkpoints."""
+    root = Path(root)
+    rng_tensors, rng_plain = _rng_to_files(rng_states)
+
+    def fill(folder: Path) -> None:
+        save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        save_model(ema_model, str(folder / "ema.safetensors"), metadata={"format": "pt"})
+        save_optimizer_state(optimizer_state, folder / "optimizer.pt")
+        save_file(rng_tensors, str(folder / "rng.safetensors"))
+        (folder / "config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
+        full = {"format": FORMAT, "format_version": FORMAT_VERSION, "step": step, **state, "rng": rng_plain}
+        (folder / STATE_FILE).write_text(json.dumps(full, indent=2))  # last: marks the folder complete
+
+    path = write_folder_atomic(root / f"step_{step:08d}", fill)
+    for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".step_*"):  # temporary folders left by a crash during an earlier save
+        shutil.rmtree(stale, ignore_errors=True)
+    return path
+
+
+def read_state(path: str | Path) -> dict[str, Any]:
+    """``state.json`` of a checkpoint folder, with its format checked."""
+    path = Path(path)
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise TrainingError(
+            f"checkpoint {path} is unreadable ({error}); delete it to resume from an older one"
+        ) from None
+    if state.get("format") != FORMAT:
+        raise TrainingError(f"{path} is not a dalle2 training checkpoint (format {state.get('format')!r})")
+    if state.get("format_version") != FORMAT_VERSION:
+        raise TrainingError(
+            f"{path}: training checkpoint format version {state.get('format_version')!r}; this dalle2 resumes "
+            f"version {FORMAT_VERSION} only (finish the run with the dalle2 that started it, or start afresh)"
+        )
+    return state
+
+
+def load_weights(model: nn.Module, file: str | Path, device: torch.device | str = "cpu") -> None:
+    """Load a safetensors file into ``model`` strictly; any failure is a TrainingError naming the file."""
+    device = torch.device(device)
+    try:
+        load_model(model, str(file), strict=True, device="cpu" if device.type == "cpu" else str(device))
+    except Exception as error:  # missing file, corrupt file, other keys or shapes
+        raise TrainingError(
+            f"cannot load {file} into this model (was it saved by another model or config?): {error}"
+        ) from None
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    model: nn.Module,
+    ema_model: nn.Module,
+    rank: int,
+    device: torch.device | str = "cpu",
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Load weights into ``model`` and ``ema_model``; return (state, optimizer state, this rank's RNG states)."""
+    path = Path(path)
+    state = read_state(path)
+    load_weights(model, path / "model.safetensors", device)
+    load_weights(ema_model, path / "ema.safetensors", device)
+    optimizer_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+    rng_plain = state["rng"]
+    rng_tensors = load_file(str(path / "rng.safetensors"))
+    rng = _rng_from_files(rng_tensors, rng_plain, rank % len(rng_plain))
+    return state, optimizer_state, rng
+
+
+# -- component folders (what inference loads) ------------------------------------------------------
+
+
+def save_component(model: nn.Module, folder: str | Path, config: dict[str, Any]) -> Path:
+    """Write ``folder/model.safetensors`` + ``folder/config.json`` (the pipeline folder's component format).
+
+    Each file goes through a temporary file and a rename; other files in ``folder`` are left alone.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".model.", suffix=".safetensors.tmp")
+    os.close(fd)
+    try:
+        save_model(model, tmp, metadata={"format": "pt"})
+        _fsync(Path(tmp))
+        os.replace(tmp, folder / "model.safetensors")
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    write_json_atomic(config, folder / "config.json")
+    return folder
