@@ -40,6 +40,7 @@ class ConvNetConfig:
     heads: dict[str, int] = field(default_factory=lambda: {"class": 10})  # head name -> outputs
     dropout: float = 0.2
     stem_stride: int = 1  # 2: a strided first convolution halves the input (4x cheaper at 64x64)
+    pool: str = "avg"  # "avgmax": concatenate global average and max pooling (small objects survive pooling)
 
 
 class ConvNet(nn.Module):
@@ -68,15 +69,19 @@ class ConvNet(nn.Module):
                 c_in = width
             layers.append(nn.MaxPool2d(2))
         self.trunk = nn.Sequential(*layers)
+        pooled = 2 * c_in if config.pool == "avgmax" else c_in
         self.features = nn.Sequential(
-            nn.Flatten(), nn.Dropout(config.dropout), nn.Linear(c_in, config.feature_dim), nn.ReLU()
+            nn.Flatten(), nn.Dropout(config.dropout), nn.Linear(pooled, config.feature_dim), nn.ReLU()
         )
         self.heads = nn.ModuleDict({name: nn.Linear(config.feature_dim, n) for name, n in config.heads.items()})
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, R, R) in [-1, 1] -> (B, feature_dim) penultimate features."""
         h = self.trunk(x)  # (B, C', R/2^k, R/2^k)
-        return self.features(h.mean(dim=(2, 3)))  # (B, feature_dim)
+        pooled = h.mean(dim=(2, 3))  # (B, C')
+        if self.config.pool == "avgmax":
+            pooled = torch.cat([pooled, h.amax(dim=(2, 3))], dim=1)  # (B, 2C')
+        return self.features(pooled)  # (B, feature_dim)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         f = self.embed(x)

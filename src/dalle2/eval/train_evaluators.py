@@ -261,7 +261,11 @@ def train_shapes_features(out: str | Path, num: int = 12_000, epochs: int = 6, s
         "colors": len(S.COLORS),
         "cells": len(S.CELLS),
     }
-    model = ConvNet(ConvNetConfig(in_channels=3, resolution=64, widths=(16, 32, 64, 128), feature_dim=128, heads=heads))
+    model = ConvNet(
+        ConvNetConfig(
+            in_channels=3, resolution=64, widths=(16, 32, 64, 128), feature_dim=128, heads=heads, pool="avgmax"
+        )
+    )
     seconds = fit(model, x_train, shapes_targets(metas), _shapes_loss, epochs=epochs, seed=seed, desc="shapes-features")
     pred, target = predict(model, x_test), shapes_targets(test_metas)
     accuracy = {
