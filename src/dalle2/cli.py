@@ -111,15 +111,13 @@ def cmd_train_evaluators(args: argparse.Namespace) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    which = ["shapes-attr", "shapes-features", "fashion-mnist", "clip-shapes"] if args.which == "all" else [args.which]
+    which = ["shapes-attr", "fashion-mnist", "clip-shapes"] if args.which == "all" else [args.which]
     for name in which:
         print(f"training evaluator {name} ...", flush=True)
         epochs = {"epochs": args.epochs} if args.epochs else {}
         seed = {"seed": args.seed} if args.seed is not None else {}  # each evaluator has its own default seed
         if name == "shapes-attr":
             info = T.train_shape_classifier(args.out, **seed, **epochs)
-        elif name == "shapes-features":
-            info = T.train_shapes_features(args.out, **seed, **epochs)
         elif name in ("fashion-mnist", "mnist"):
             info = T.train_class_dataset(name, args.out, root=args.root, **seed, **epochs)
         else:
@@ -234,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--which",
         default="all",
-        choices=["all", "shapes-attr", "shapes-features", "fashion-mnist", "mnist", "clip-shapes"],
+        choices=["all", "shapes-attr", "fashion-mnist", "mnist", "clip-shapes"],
     )
     p.add_argument(
         "--out",

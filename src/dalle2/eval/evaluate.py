@@ -25,7 +25,9 @@ from dalle2.eval.networks import EvaluatorError, load_evaluator, shipped_dir
 from dalle2.grid import captioned_grid, save_image_atomic
 
 CLASS_DATASETS = ("fashion-mnist", "mnist")
-FEATURES = {"shapes": "shapes-features-v1", "fashion-mnist": "fashion-mnist-v1", "mnist": "mnist-v1"}
+# The feature space of FD / KID / precision-recall per benchmark: shapes uses the evaluation CLIP's image tower
+# (its embedding separates colour, shape, position and count: recall@1 0.9 among 100 held-out images).
+FEATURES = {"shapes": "clip-shapes-v1", "fashion-mnist": "fashion-mnist-v1", "mnist": "mnist-v1"}
 CLIP_EVALUATORS = {"shapes": "clip-shapes-v1"}
 REFERENCE_SEED, FLOOR_SEED = 10_000, 20_000
 GRID_SIZE = 48
@@ -55,9 +57,10 @@ class FeatureNet:
     """A frozen evaluator ConvNet used for features (FD space) and, where it has one, its class head."""
 
     def __init__(self, name: str):
-        self.model, self.meta = load_evaluator(name)
+        model, self.meta = load_evaluator(name)
         self.name = name
-        self.resolution = int(self.meta["config"]["resolution"])
+        self.model = model.image_tower if self.meta["architecture"] == "EvalCLIP" else model
+        self.resolution = int(self.model.config.resolution)
         self.grayscale = self.meta.get("dataset") in CLASS_DATASETS
 
     @torch.no_grad()

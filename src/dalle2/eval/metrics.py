@@ -6,7 +6,7 @@ numpy arrays, the usual format for stored reference statistics). Invalid inputs 
 
 - ``feature_stats`` / ``frechet_distance`` / ``fd``: Frechet distance (Heusel et al. 2017) between
   Gaussians fitted to two feature sets; equals torchmetrics' ``FrechetInceptionDistance`` on the
-  same features. Name the number after the feature network (``FD_shapes-v1``), never "FID".
+  same features. Name the number after the feature network (``FD_clip-shapes-v1``), never "FID".
 - ``kid``: Kernel Inception Distance (Binkowski et al. 2018), unbiased MMD^2 with the kernel
   ``(x.y / d + 1)^3`` averaged over random subsets drawn exactly as torchmetrics'
   ``KernelInceptionDistance`` draws them, so equal seeds give equal numbers.

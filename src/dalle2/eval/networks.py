@@ -3,7 +3,7 @@
 They are trained by project code (``dalle2 train evaluators``), saved as ``config.json`` +
 ``model.safetensors`` and shipped inside the package under ``dalle2/assets/evaluators/NAME/``, so
 evaluation needs no training step and no download. A metric is named after the network that
-defines it (``FD_shapes-v1``), so nobody mistakes it for Inception FID.
+defines it (``FD_clip-shapes-v1``), so nobody mistakes it for Inception FID.
 
 Architectures differ on purpose from every generator's (a VGG-style CNN here; the generators use
 ViT/UNet towers), so a generator cannot share blind spots with its judge.
