@@ -29,7 +29,12 @@ def run(*argv: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the --quick sizes instead of the reporting sizes")
+    parser.add_argument("--markdown-only", action="store_true", help="rewrite the table from the saved JSON")
     args = parser.parse_args()
+    if args.markdown_only:
+        name = "eval_floors_quick" if args.quick else "eval_floors"
+        write_markdown(json.loads((RESULTS / f"{name}.json").read_text()), args.quick)
+        return
     quick = ["--quick"] if args.quick else []
     rows = []
     for data, resolution in (("shapes", 64), ("shapes", 32), ("fashion-mnist", 32)):
@@ -78,9 +83,15 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     name = "eval_floors_quick" if args.quick else "eval_floors"
     (RESULTS / f"{name}.json").write_text(json.dumps(rows, indent=2) + "\n")
-    command = "python benchmarks/eval_floors.py" + (" --quick" if args.quick else "")
+    write_markdown(rows, args.quick)
+
+
+def write_markdown(rows: list[dict], quick: bool) -> None:
+    """The table the README quotes, from the rows of the JSON file."""
+    name = "eval_floors_quick" if quick else "eval_floors"
+    command = "python benchmarks/eval_floors.py" + (" --quick" if quick else "")
     lines = [
-        f"# Real-vs-real floors ({'quick' if args.quick else 'reporting'} sizes)",
+        f"# Real-vs-real floors ({'quick' if quick else 'reporting'} sizes)",
         "",
         f"Command: `{command}`",
         "",
@@ -99,15 +110,15 @@ def main() -> None:
             r["resolution"],
             r["n"],
             r["feature_space"],
-            f"{r['fd_real_vs_reference']:.3f}",
-            f"{r['fd_floor']:.3f}",
-            f"{r['kid_real']:.4f}",
-            f"{r['kid_floor']:.4f}",
+            f"{r['fd_real_vs_reference']:.4g}",
+            f"{r['fd_floor']:.4g}",
+            f"{r['kid_real']:.2e}",
+            f"{r['kid_floor']:.2e}",
             f"{r['precision']:.3f}",
             f"{r['recall']:.3f}",
             faith,
-            f"{r.get('class_accuracy_real', float('nan')):.3f}",
-            f"{r.get('clip_score_real', float('nan')):.1f}",
+            f"{r['class_accuracy_real']:.3f}" if "class_accuracy_real" in r else "-",
+            f"{r['clip_score_real']:.1f}" if "clip_score_real" in r else "-",
         ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
