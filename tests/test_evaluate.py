@@ -173,3 +173,51 @@ def test_images_to_tensor_pads_mnist_sized_images():
     assert (
         x.shape == (1, 3, 32, 32) and x[0, :, 0, 0].tolist() == [-1, -1, -1] and x[0, :, 16, 16].tolist() == [1, 1, 1]
     )
+
+
+def test_folder_dataset_with_chosen_evaluators(capsys, tmp_path):
+    from dalle2.data.shapes import caption_scene, render, sample_scene
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    lines = []
+    for i in range(40):
+        scene = sample_scene(np.random.default_rng(i))
+        render(scene, 64).save(folder / f"{i}.png")
+        lines.append(json.dumps({"file_name": f"{i}.png", "text": caption_scene(scene, np.random.default_rng(i))}))
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    data = f"folder:{folder}"
+    code, _, stderr = run(capsys, "eval-prompts", "--data", data, "-o", tmp_path / "p.jsonl")
+    assert code == 2 and "--features" in stderr
+    assert (
+        main(
+            [
+                "eval-prompts",
+                "--data",
+                data,
+                "--quick",
+                "--features",
+                "clip-shapes-v1",
+                "--clip",
+                "clip-shapes-v1",
+                "-o",
+                str(tmp_path / "p.jsonl"),
+            ]
+        )
+        == 0
+    )
+    records = P.read_jsonl(tmp_path / "p.jsonl")
+    assert len(records) == 20 and {r["prompt"] for r in records} <= {json.loads(x)["text"] for x in lines}
+    rng = np.random.default_rng(0)
+    (tmp_path / "noise").mkdir()
+    for r in records:
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "noise" / r["file_name"])
+    code, _, stderr = run(
+        capsys, "eval", "--images", tmp_path / "noise", "--prompts", tmp_path / "p.jsonl", "--out", tmp_path / "e"
+    )
+    assert code == 0, stderr
+    report = json.loads((tmp_path / "e" / "eval.json").read_text())
+    assert report["fidelity"]["feature_space"] == "FD_clip-shapes-v1"
+    assert report["fidelity"]["fd"] > 10 * report["fidelity"]["fd_floor"]
+    assert report["clip_score"]["real"] > report["clip_score"]["generated"] + 20
+    assert "faithfulness" not in report and "class_accuracy" not in report

@@ -138,9 +138,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
     else:
         if not args.model:
             raise CLIError("give a MODEL_DIR to sample, or --images DIR --prompts FILE to score existing images")
-        E.evaluators_available(args.data)
+        E.evaluators_available(args.data, args.features)
         report = E.evaluate_model(
-            args.model, args.data, args.out, quick=args.quick, seed=args.seed, batch_size=args.batch_size
+            args.model,
+            args.data,
+            args.out,
+            quick=args.quick,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            features=args.features,
+            clip=args.clip,
         )
     print(E.markdown(report))
     print(f"wrote {Path(args.out) / 'eval.json'}, eval.md and sample grids")
@@ -151,7 +158,7 @@ def cmd_eval_prompts(args: argparse.Namespace) -> None:
     from dalle2.eval.prompts import write_jsonl
     from dalle2.grid import save_image_atomic
 
-    records = E.benchmark(args.data, args.quick, args.images_per_prompt)
+    records = E.benchmark(args.data, args.quick, args.images_per_prompt, features=args.features, clip=args.clip)
     path = write_jsonl(records, args.output)
     print(f"wrote {path}: {len(records)} images to make ({len({r['id'] for r in records})} prompts)")
     if args.render_real:
@@ -249,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     # eval
     p = add(commands, "eval", "score a model, or any program's images, on a benchmark", cmd_eval)
     p.add_argument("model", nargs="?", help="pipeline folder to sample (omit with --images)")
-    p.add_argument("--data", default="shapes", help="benchmark: shapes, fashion-mnist, mnist")
+    p.add_argument("--data", default="shapes", help="benchmark: shapes, fashion-mnist, mnist, folder:PATH")
     p.add_argument("--out", default="eval", help="folder for eval.json, eval.md and sample grids")
     p.add_argument(
         "--quick", action="store_true", help="small version (CI, progress checks); default is the reporting size"
@@ -258,15 +265,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=64, help="prompts per sampling call")
     p.add_argument("--images", metavar="DIR", help="score the images in DIR instead of sampling a model")
     p.add_argument("--prompts", metavar="FILE", help="prompts.jsonl for --images (from `dalle2 eval-prompts`)")
+    p.add_argument("--features", metavar="EVALUATOR", help="feature network for FD/KID/PR (needed for folder:PATH)")
+    p.add_argument("--clip", metavar="EVALUATOR", help="evaluation CLIP for CLIP score (default: the dataset's)")
 
     p = add(commands, "eval-prompts", "write the benchmark prompts (and real images for them)", cmd_eval_prompts)
-    p.add_argument("--data", default="shapes", help="benchmark: shapes, fashion-mnist, mnist")
+    p.add_argument("--data", default="shapes", help="benchmark: shapes, fashion-mnist, mnist, folder:PATH")
     p.add_argument("-o", "--output", default="prompts.jsonl", help="JSON-lines file: prompt, requirement, file_name")
     p.add_argument("--quick", action="store_true", help="the small prompt set")
     p.add_argument("--images-per-prompt", type=_positive_int, default=None, help="override images per prompt")
     p.add_argument("--render-real", metavar="DIR", help="also write real images for every prompt into DIR")
     p.add_argument("--resolution", type=_resolution, default=64, help="size of the real images")
     p.add_argument("--seed", type=int, default=1, help="seed of the real images")
+    p.add_argument("--features", metavar="EVALUATOR", help="feature network for FD/KID/PR (needed for folder:PATH)")
+    p.add_argument("--clip", metavar="EVALUATOR", help="evaluation CLIP for CLIP score (default: the dataset's)")
 
     # config
     p = add(commands, "config", "print the resolved configuration (preset < YAML < --set)", cmd_config)

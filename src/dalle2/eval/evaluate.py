@@ -30,6 +30,7 @@ CLASS_DATASETS = ("fashion-mnist", "mnist")
 FEATURES = {"shapes": "clip-shapes-v1", "fashion-mnist": "fashion-mnist-v1", "mnist": "mnist-v1"}
 CLIP_EVALUATORS = {"shapes": "clip-shapes-v1"}
 REFERENCE_SEED, FLOOR_SEED = 10_000, 20_000
+FOLDER_REPORT, FOLDER_QUICK = 5000, 500  # folder:PATH: captions evaluated (at most half the folder)
 GRID_SIZE = 48
 
 
@@ -77,17 +78,61 @@ class FeatureNet:
 
 
 # ---------------------------------------------------------------------------------- benchmark sets
-def benchmark(data: str, quick: bool, images_per_prompt: int | None = None) -> list[dict[str, Any]]:
-    """One record per image to make: the prompt, its requirement, the file name and the image seed."""
+def benchmark(
+    data: str, quick: bool, images_per_prompt: int | None = None, features: str | None = None, clip: str | None = None
+) -> list[dict[str, Any]]:
+    """One record per image to make: the prompt, its requirement, the file name and the image seed.
+
+    ``features`` / ``clip`` choose evaluator networks (a shipped name or a folder); ``folder:PATH`` data has no
+    built-in ones, so it needs ``features``.
+    """
     name = data.partition(":")[0]
+    if name == "folder":
+        return _folder_benchmark(data, quick, features, clip)
     if name == "shapes":
         specs, k = P.shapes_prompts(quick=quick), images_per_prompt or (P.QUICK_IMAGES if quick else P.REPORT_IMAGES)
     elif name in CLASS_DATASETS:
         specs, k = P.class_prompts(name, quick=quick), images_per_prompt or 1
     else:
         raise EvalError(f"no benchmark prompts for {data!r}; use shapes, fashion-mnist or mnist")
+    extra = {key: value for key, value in (("features", features), ("clip", clip)) if value}
     return [
-        {**spec, "dataset": name, "image": j, "file_name": f"{spec['id']}-{j}.png"} for spec in specs for j in range(k)
+        {**spec, "dataset": name, "image": j, "file_name": f"{spec['id']}-{j}.png", **extra}
+        for spec in specs
+        for j in range(k)
+    ]
+
+
+def _folder_benchmark(data: str, quick: bool, features: str | None, clip: str | None) -> list[dict[str, Any]]:
+    """A folder's own captions as prompts: half its images are the reference, the other half the floor set."""
+    if not features:
+        raise EvalError(
+            "folder datasets have no built-in evaluator: pass --features EVALUATOR (a shipped name such as "
+            "clip-shapes-v1, or a folder written by `dalle2 train evaluators`)"
+        )
+    from dalle2.data import open_dataset
+
+    path = Path(data.partition(":")[2]).resolve()
+    dataset = open_dataset(f"folder:{path}", resolution=32)
+    n = min(FOLDER_QUICK if quick else FOLDER_REPORT, len(dataset) // 2)
+    if n < 2:
+        raise EvalError(f"{path}: need at least 4 captioned images to evaluate against (found {len(dataset)})")
+    order = np.random.default_rng(0).permutation(len(dataset))
+    extra = {"features": features, **({"clip": clip} if clip else {})}
+    return [
+        {
+            "task": "caption",
+            "split": "folder",
+            "prompt": dataset.captions[int(order[k])],
+            "index": int(order[k]),
+            "floor_index": int(order[n + k]),
+            "id": f"folder-{k:05d}",
+            "dataset": f"folder:{path}",
+            "image": 0,
+            "file_name": f"folder-{k:05d}-0.png",
+            **extra,
+        }
+        for k in range(n)
     ]
 
 
@@ -101,6 +146,12 @@ def real_images(records: list[dict[str, Any]], resolution: int, seed: int) -> li
     if name == "shapes":
         return [P.render_real(r, resolution, np.random.default_rng([seed, i])) for i, r in enumerate(records)]
     from dalle2.data import open_dataset
+    from dalle2.data.base import tensor_to_pil
+
+    if name.startswith("folder:"):
+        dataset = open_dataset(name, resolution=resolution)
+        key = "index" if seed == REFERENCE_SEED else "floor_index"
+        return [tensor_to_pil(dataset[r[key]]["image"]) for r in records]
 
     split = "test" if seed == REFERENCE_SEED else "train"
     dataset = open_dataset(name, split=split, resolution=resolution)
@@ -115,8 +166,6 @@ def real_images(records: list[dict[str, Any]], resolution: int, seed: int) -> li
         pool = order[r["label"]]
         chosen.append(int(pool[taken[r["label"]] % len(pool)]))
         taken[r["label"]] += 1
-    from dalle2.data.base import tensor_to_pil
-
     return [tensor_to_pil(dataset[i]["image"]) for i in chosen]
 
 
@@ -188,9 +237,9 @@ def _class_accuracy(
 def _clip_score(
     name: str, records: list[dict[str, Any]], generated: list[Image.Image], reference: list[Image.Image]
 ) -> dict[str, Any]:
-    evaluator = CLIP_EVALUATORS.get(name)
-    if evaluator is None or not (shipped_dir() / evaluator).is_dir():
-        return {"skipped": f"no evaluation CLIP shipped for {name!r}"}
+    evaluator = records[0].get("clip") or CLIP_EVALUATORS.get(name)
+    if evaluator is None or not ((shipped_dir() / evaluator).is_dir() or Path(evaluator).is_dir()):
+        return {"skipped": f"no evaluation CLIP for {name!r} (choose one with --clip)"}
     from dalle2.eval.clip_evaluator import ClipScorer
 
     scorer = ClipScorer.load(evaluator)
@@ -211,23 +260,24 @@ def score(
         raise EvalError(f"{len(records)} prompts but {len(images)} images")
     if not records:
         raise EvalError("nothing to evaluate")
-    name = records[0]["dataset"]
+    name = records[0]["dataset"].partition(":")[0]
     resolution = images[0].width
     if any(im.size != (resolution, resolution) for im in images):
         raise EvalError("all images must be square and of one size")
     reference = real_images(records, resolution, REFERENCE_SEED)
     floor = real_images(records, resolution, FLOOR_SEED)
-    feature_net = FeatureNet(FEATURES[name])
+    feature_net = FeatureNet(records[0].get("features") or FEATURES[name])
     report: dict[str, Any] = {
         "dalle2_version": __version__,
-        "dataset": name,
+        "dataset": records[0]["dataset"],
         "resolution": resolution,
         "prompt_set": {"version": P.PROMPT_SET_VERSION, "records": len(records)},
         "sampling": sampling or {"note": "images supplied by the user; sampling speed unknown"},
     }
+    passed = [True] * len(images)  # folders: no per-image check, only distribution metrics and CLIP score
     if name == "shapes":
         report["faithfulness"], passed = _faithfulness(records, images)
-    else:
+    elif name in CLASS_DATASETS:
         report["class_accuracy"], passed = _class_accuracy(feature_net, records, images, reference)
     report["fidelity"] = _fidelity(feature_net, images, reference, floor)
     report["clip_score"] = _clip_score(name, records, images, reference)
@@ -315,13 +365,20 @@ def write_report(
 
 # ----------------------------------------------------------------------------------- entry points
 def evaluate_model(
-    model_dir: str | Path, data: str, out: str | Path, quick: bool = False, seed: int = 0, batch_size: int = 64
+    model_dir: str | Path,
+    data: str,
+    out: str | Path,
+    quick: bool = False,
+    seed: int = 0,
+    batch_size: int = 64,
+    features: str | None = None,
+    clip: str | None = None,
 ) -> dict[str, Any]:
     """Sample a saved pipeline on the benchmark prompts and score it."""
     from dalle2.pipeline import load
 
     pipe = load(model_dir)
-    records = benchmark(data, quick)
+    records = benchmark(data, quick, features=features, clip=clip)
     prompts = [r["prompt"] for r in records]
     images: list[Image.Image] = []
     start = time.perf_counter()
@@ -379,10 +436,18 @@ def evaluate_images(images_dir: str | Path, prompts_file: str | Path, out: str |
     return report
 
 
-def evaluators_available(data: str) -> None:
+def evaluators_available(data: str, features: str | None = None) -> None:
+    """Fail early, before any sampling, when the benchmark's evaluator networks are missing."""
     name = data.partition(":")[0]
+    if features:
+        load_evaluator(features)
+        return
+    if name == "folder":
+        benchmark(data, quick=True)  # raises the explanation (folders need --features)
     if name not in FEATURES:
-        raise EvalError(f"no evaluator networks for {data!r}; evaluation supports shapes, fashion-mnist and mnist")
+        raise EvalError(
+            f"no evaluator networks for {data!r}; evaluation supports shapes, fashion-mnist, mnist and folder:PATH"
+        )
     if not (shipped_dir() / FEATURES[name]).is_dir():
         raise EvaluatorError(
             f"evaluator {FEATURES[name]} is not shipped; train it with `dalle2 train evaluators --which {name}`"
