@@ -320,7 +320,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "| FD | FD real-vs-real floor | KID | KID floor | precision | recall |",
         "|---|---|---|---|---|---|",
-        f"| {d['fd']:.3f} | {d['fd_floor']:.3f} | {d['kid']:.4f} ± {d['kid_std']:.4f} | {d['kid_floor']:.4f} "
+        f"| {d['fd']:.4g} | {d['fd_floor']:.4g} | {d['kid']:.3g} ± {d['kid_std']:.2g} | {d['kid_floor']:.3g} "
         f"| {d['precision']:.3f} | {d['recall']:.3f} |",
         "",
     ]
