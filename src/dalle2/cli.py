@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     # train
     train = commands.add_parser(
         "train",
-        help="train a stage (tokenizer, evaluators)",
+        help="train a stage (tokenizer, clip, evaluators)",
         description="Train a stage.",
         formatter_class=_CommandListFormatter,
     )
@@ -253,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--root", default=None, help="IDX folder for fashion-mnist / mnist (default: the Debian path)")
 
+    from dalle2.stages.clip_cli import register as register_clip
+
+    register_clip(train_commands)
+
     # eval
     p = add(commands, "eval", "score a model, or any program's images, on a benchmark", cmd_eval)
     p.add_argument("model", nargs="?", help="pipeline folder to sample (omit with --images)")
@@ -286,18 +290,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # --help and usage errors exit here, before torch is imported
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 0
     from dalle2.config import ConfigError
     from dalle2.data import DatasetError
     from dalle2.eval.evaluate import EvalError
     from dalle2.eval.networks import EvaluatorError
     from dalle2.pipeline import PipelineError
     from dalle2.text import TokenizerError
+    from dalle2.training.errors import TrainingError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not hasattr(args, "func"):
-        parser.print_help()
-        return 0
     try:
         args.func(args)
     except (
@@ -308,6 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         EvalError,
         EvaluatorError,
         PipelineError,
+        TrainingError,
         FileNotFoundError,
         ValueError,
     ) as error:

@@ -1,0 +1,348 @@
+"""``dalle2 train clip``: train (or import) the CLIP of an unCLIP pipeline folder, then report.
+
+Steps: resolve the config (preset < ``--config`` YAML < ``--set`` < dedicated options; the ``clip``
+section is :class:`~dalle2.models.clip.ClipConfig`), train ``OUT/tokenizer`` if it is missing, train
+CLIP with the shared :class:`~dalle2.training.trainer.Trainer` (EMA, checkpoints under
+``OUT/training/clip``, ``--resume``), write ``OUT/clip/`` (EMA weights) and merge a ``clip`` entry into
+``OUT/model_index.json``. With ``--clip PATH`` a pretrained transformers CLIP is imported frozen instead
+of trained. The report (printed and written to ``OUT/clip/report.json``):
+
+* retrieval on held-out (test split) pairs: text->image and image->text recall@1 and @5, each query
+  ranked among the other members of its chunk of 100 (chance: 1% and 5%);
+* on ``shapes``, zero-shot attribute accuracy on single-object test images: colour among the prompts
+  "a {colour} {true shape}", shape among "a {true colour} {shape}" (chance 1/9 and 1/6).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from dalle2.models.clip import CLIP_TRAIN_PRESETS, ClipConfig, ClipError, ClipModel, clip_preset
+from dalle2.pipeline import FORMAT, FORMAT_VERSION
+
+__all__ = ["evaluate_clip", "train_clip", "write_model_index"]
+
+TOKENIZER_CAPTIONS = 20_000  # captions used to train the BPE tokenizer when OUT/tokenizer is missing
+CHUNK = 100  # retrieval candidates per query
+
+
+def _resolve(
+    preset: str,
+    config_path: str | None,
+    sets: list[str],
+    max_steps: int | None,
+    max_minutes: float | None,
+    data: str | None,
+    text_encoder: str | None,
+) -> tuple[Any, ClipConfig]:
+    from dalle2.config import ConfigError, load_config, parse_overrides
+
+    if preset not in CLIP_TRAIN_PRESETS:
+        load_config(preset)  # raises the shared "unknown preset" ConfigError
+    overrides: dict[str, dict[str, Any]] = {"train": dict(CLIP_TRAIN_PRESETS[preset])}
+    if config_path is not None:
+        path = Path(config_path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections")
+        for section, values in loaded.items():
+            if isinstance(values, dict):
+                overrides.setdefault(section, {}).update(values)
+            else:
+                overrides[section] = values
+    for section, values in parse_overrides(list(sets)).items():
+        overrides.setdefault(section, {}).update(values)
+    clip_updates = overrides.pop("clip", {})
+    if not isinstance(clip_updates, dict):
+        raise ConfigError("section 'clip' must be a mapping")
+    for dotted, value in (
+        ("train.max_steps", max_steps),
+        ("train.max_minutes", max_minutes),
+        ("data.dataset", data),
+        ("clip.text_encoder", text_encoder),
+    ):
+        if value is not None:
+            section, _, key = dotted.partition(".")
+            (clip_updates if section == "clip" else overrides.setdefault(section, {}))[key] = value
+    overrides.pop("preset", None)
+    config = load_config(preset, None, overrides)
+    return config, clip_preset(preset, clip_updates)
+
+
+def _captions(dataset: Any, limit: int):
+    n = min(limit, len(dataset))
+    scene = getattr(dataset, "scene", None)
+    for i in range(n):
+        yield scene(i)[1] if callable(scene) else dataset[i]["caption"]
+
+
+def _tokenizer(out: Path, config: Any, dataset: Any, log) -> Any:
+    from dalle2.text import Tokenizer
+
+    folder = out / "tokenizer"
+    if (folder / "tokenizer.json").is_file():
+        tokenizer = Tokenizer.load(folder)
+        log(f"using {folder / 'tokenizer.json'} (vocabulary {tokenizer.vocab_size}, max length {tokenizer.max_length})")
+        return tokenizer
+    limit = 500 if config.preset == "tiny" else TOKENIZER_CAPTIONS
+    tokenizer = Tokenizer.train(
+        _captions(dataset, limit), vocab_size=config.text.vocab_size, max_length=config.text.max_length
+    )
+    path = tokenizer.save(folder)
+    config.save(folder / "config.yaml")
+    log(f"trained {path} (vocabulary {tokenizer.vocab_size}, max length {tokenizer.max_length})")
+    return tokenizer
+
+
+def write_model_index(out: Path, component: str, entry: Any, extra: dict[str, Any]) -> Path:
+    """Merge ``components[component] = entry`` (and missing top-level keys) into ``out/model_index.json``."""
+    path = out / "model_index.json"
+    index: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            index = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ClipError(f"{path}: not valid JSON ({error.msg}); fix or remove it") from None
+        if index.get("format", FORMAT) != FORMAT or index.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
+            raise ClipError(
+                f"{path}: format {index.get('format')!r} version {index.get('format_version')!r}; "
+                f"expected {FORMAT!r} version {FORMAT_VERSION}"
+            )
+        if index.get("kind", "unclip") != "unclip":
+            raise ClipError(f"{path}: kind {index.get('kind')!r}; the CLIP stage writes into unclip folders")
+    index.update({"format": FORMAT, "format_version": FORMAT_VERSION, "kind": "unclip"})
+    for key, value in extra.items():
+        index.setdefault(key, value)
+    index.setdefault("components", {})[component] = entry
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(index, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+# -- evaluation --------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _embed(model: ClipModel, images: torch.Tensor, captions: list[str], batch: int = 100):
+    device = model.logit_scale.device
+    img, txt = [], []
+    for i in range(0, len(captions), batch):
+        img.append(model.encode_image(images[i : i + batch].to(device)).cpu())
+        txt.append(model.encode_prompts(captions[i : i + batch])[0].cpu())
+    return torch.cat(img), torch.cat(txt)
+
+
+def _recall(image_embeds: torch.Tensor, text_embeds: torch.Tensor, chunk: int = CHUNK) -> dict[str, float]:
+    hits = {"text_to_image_r1": 0, "text_to_image_r5": 0, "image_to_text_r1": 0, "image_to_text_r5": 0}
+    n = 0
+    for start in range(0, image_embeds.shape[0], chunk):
+        im, tx = image_embeds[start : start + chunk], text_embeds[start : start + chunk]
+        if im.shape[0] < 2:
+            break
+        sim = tx @ im.t()  # (texts, images)
+        target = torch.arange(im.shape[0])
+        for name, s in (("text_to_image", sim), ("image_to_text", sim.t())):
+            rank = (s > s[target, target].unsqueeze(1)).sum(1)  # how many candidates beat the true pair
+            hits[f"{name}_r1"] += int((rank < 1).sum())
+            hits[f"{name}_r5"] += int((rank < 5).sum())
+        n += im.shape[0]
+    return {k: v / max(n, 1) for k, v in hits.items()} | {"queries": n, "chunk": min(chunk, n)}
+
+
+@torch.no_grad()
+def _attribute_accuracy(model: ClipModel, image_embeds: torch.Tensor, metas: list[dict[str, Any]]) -> dict[str, Any]:
+    from dalle2.data.shapes import COLORS, SHAPES
+
+    picks = [i for i, m in enumerate(metas) if m.get("kind") == "single" and len(m.get("objects", [])) == 1]
+    if not picks:
+        return {}
+    colors, shapes = list(COLORS), list(SHAPES)
+    prompts = [f"a {c} {s}" for c in colors for s in shapes]
+    table = model.encode_prompts(prompts)[0].cpu().view(len(colors), len(shapes), -1)  # (C, S, D)
+    right = {"color": 0, "shape": 0}
+    for i in picks:
+        obj = metas[i]["objects"][0]
+        c, s = colors.index(obj["color"]), shapes.index(obj["shape"])
+        right["color"] += int((table[:, s] @ image_embeds[i]).argmax()) == c
+        right["shape"] += int((table[c] @ image_embeds[i]).argmax()) == s
+    return {
+        "images": len(picks),
+        "color_accuracy": right["color"] / len(picks),
+        "color_chance": 1 / len(colors),
+        "shape_accuracy": right["shape"] / len(picks),
+        "shape_chance": 1 / len(shapes),
+    }
+
+
+def evaluate_clip(model: ClipModel, dataset_spec: str, resolution: int, samples: int, seed: int = 0) -> dict[str, Any]:
+    """Zero-shot retrieval on ``samples`` test pairs (+ attribute accuracy on shapes); see the module docstring."""
+    from dalle2.data import open_dataset
+
+    model.eval()
+    dataset = open_dataset(dataset_spec, split="test", resolution=resolution, seed=seed, length=samples)
+    items = [dataset[i] for i in range(min(samples, len(dataset)))]
+    images = torch.stack([s["image"] for s in items])
+    captions = [s["caption"] for s in items]
+    image_embeds, text_embeds = _embed(model, images, captions)
+    report: dict[str, Any] = {"dataset": dataset_spec, "split": "test", "samples": len(items)}
+    report["retrieval"] = _recall(image_embeds, text_embeds)
+    chunk = report["retrieval"]["chunk"]
+    report["retrieval"]["chance_r1"] = 1 / max(chunk, 1)
+    report["retrieval"]["chance_r5"] = min(1.0, 5 / max(chunk, 1))
+    if dataset_spec.partition(":")[0] == "shapes":
+        report["zero_shot"] = _attribute_accuracy(model, image_embeds, [s["meta"] for s in items])
+    return report
+
+
+def _format(report: dict[str, Any]) -> str:
+    r = report["retrieval"]
+    lines = [
+        f"CLIP zero-shot on {report['samples']} held-out {report['dataset']} pairs (chunks of {r['chunk']}):",
+        f"  text->image  R@1 {r['text_to_image_r1']:.3f}  R@5 {r['text_to_image_r5']:.3f}",
+        f"  image->text  R@1 {r['image_to_text_r1']:.3f}  R@5 {r['image_to_text_r5']:.3f}"
+        f"   (chance R@1 {r['chance_r1']:.3f}, R@5 {r['chance_r5']:.3f})",
+    ]
+    z = report.get("zero_shot")
+    if z:
+        lines.append(
+            f"  attributes on {z['images']} single-object images: colour {z['color_accuracy']:.3f} "
+            f"(chance {z['color_chance']:.3f}), shape {z['shape_accuracy']:.3f} (chance {z['shape_chance']:.3f})"
+        )
+    return "\n".join(lines)
+
+
+# -- the stage ---------------------------------------------------------------------------------------
+
+
+def train_clip(args: argparse.Namespace | dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Run the stage; ``args`` is the argparse namespace or a dict (keyword arguments also work).
+
+    Keys: ``out`` (required), ``data`` (default: the config's), ``preset`` ("cpu"), ``config`` (YAML),
+    ``overrides`` (list of ``section.key=value``), ``resume``, ``max_steps``, ``max_minutes``, ``clip``
+    (pretrained CLIP folder), ``text_encoder`` ("clip" | "minilm"), ``log_with`` (tracker names or None),
+    ``progress`` (bool), ``quiet`` (bool). Returns the report (also in ``OUT/clip/report.json``).
+    """
+    opts = dict(vars(args) if isinstance(args, argparse.Namespace) else (args or {}))
+    opts.update(kwargs)
+    if not opts.get("out"):
+        raise ClipError("the CLIP stage needs an output pipeline folder (--out DIR)")
+    quiet = bool(opts.get("quiet"))
+
+    def log(message: str) -> None:
+        if not quiet:
+            print(message, flush=True)
+
+    out = Path(opts["out"])
+    config, clip_config = _resolve(
+        opts.get("preset") or "cpu",
+        opts.get("config"),
+        list(opts.get("overrides") or opts.get("set") or []),
+        opts.get("max_steps"),
+        opts.get("max_minutes"),
+        opts.get("data"),
+        opts.get("text_encoder"),
+    )
+    log(config.to_yaml() + yaml.safe_dump({"clip": clip_config.__dict__}, sort_keys=False).rstrip())
+
+    from dalle2.data import open_dataset
+
+    pretrained = opts.get("clip")
+    start = time.monotonic()
+    if pretrained:  # the paper's setting: a frozen pretrained CLIP, nothing to train
+        model = ClipModel.from_pretrained(pretrained)
+        log(f"imported the pretrained CLIP at {pretrained} (frozen)")
+        open_dataset(config.data.dataset, split="test", resolution=config.data.resolution, length=2)  # check data
+        train_info: dict[str, Any] = {"pretrained_from": str(pretrained)}
+    else:
+        dataset = open_dataset(
+            config.data.dataset, split="train", resolution=config.data.resolution, seed=config.data.seed
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        tokenizer = _tokenizer(out, config, dataset, log)
+        model = ClipModel.from_config(clip_config, image_size=config.data.resolution, tokenizer=tokenizer)
+        train_info = _train(model, dataset, config, clip_config, out, opts)
+        log(
+            f"trained {train_info['step']} steps in {train_info['wall_seconds']:.0f} s "
+            f"({train_info['stop_reason']}, final loss {train_info['final_loss']})"
+        )
+        model = train_info.pop("ema_model")
+    clip_dir = out / "clip"
+    if pretrained:
+        model.save(clip_dir)
+    model.eval()
+    report = evaluate_clip(model, config.data.dataset, config.data.resolution, clip_config.eval_samples, seed=0)
+    report["train"] = {k: v for k, v in train_info.items() if k != "checkpoint"}
+    report["wall_seconds"] = round(time.monotonic() - start, 1)
+    (clip_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_model_index(
+        out,
+        "clip",
+        {
+            "folder": "clip",
+            "source": model.source,
+            "text_encoder": model.text_encoder,
+            "embed_dim": model.config["embed_dim"],
+        },
+        {"resolutions": [config.data.resolution], "dataset": config.data.dataset},
+    )
+    if not pretrained:
+        write_model_index(out, "tokenizer", {"folder": "tokenizer"}, {})
+    log(_format(report))
+    log(f"wrote {clip_dir} and {out / 'model_index.json'}")
+    return report
+
+
+def _train(model: ClipModel, dataset: Any, config: Any, clip_config: ClipConfig, out: Path, opts: dict[str, Any]):
+    from dalle2.training.trainer import Trainer
+
+    def loss_fn(m: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        ids, mask = model.tokenizer.encode(batch["caption"])
+        images = batch["image"]
+        return m(images, ids.to(images.device), mask.to(images.device))
+
+    log_with = opts.get("log_with", ("tensorboard",))
+    if log_with == ("tensorboard",):
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            log_with = None
+    trainer = Trainer(
+        model,
+        loss_fn,
+        dataset,
+        config.train,
+        out / "training" / "clip",
+        ema_decay=clip_config.ema_decay,
+        log_with=log_with,
+        stage_name="clip",
+        num_workers=config.data.num_workers,
+        run_config={**config.to_dict(), "clip": clip_config.__dict__},
+        progress=bool(opts.get("progress", True)) and not opts.get("quiet"),
+    )
+    result = trainer.train(resume=bool(opts.get("resume")))
+    trainer.save_ema(out / "clip", model.config)
+    ema = trainer.ema_model
+    ema.tokenizer = model.tokenizer
+    return {
+        "step": result.step,
+        "steps_this_run": result.steps_this_run,
+        "wall_seconds": round(result.wall_seconds, 1),
+        "samples_per_second": round(result.samples_per_second, 1),
+        "final_loss": result.final_loss,
+        "stop_reason": result.stop_reason,
+        "ema_model": ema,
+    }
