@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     # train
     train = commands.add_parser(
         "train",
-        help="train a stage (tokenizer, clip, evaluators)",
+        help="train a stage (tokenizer, clip, prior, evaluators)",
         description="Train a stage.",
         formatter_class=_CommandListFormatter,
     )
@@ -256,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     from dalle2.stages.clip_cli import register as register_clip
 
     register_clip(train_commands)
+    from dalle2.stages.prior_cli import register as register_prior
+
+    register_prior(train_commands)
 
     # eval
     p = add(commands, "eval", "score a model, or any program's images, on a benchmark", cmd_eval)

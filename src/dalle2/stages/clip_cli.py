@@ -12,7 +12,7 @@ def register(train_subparsers: Any) -> argparse.ArgumentParser:
     """Add ``clip`` to the ``dalle2 train`` sub-commands (sets ``func`` to :func:`run`)."""
     p = train_subparsers.add_parser(
         "clip",
-        help="train the CLIP text and image towers (or import a pretrained CLIP)",
+        help="train the CLIP towers (or import a pretrained CLIP)",
         description="Train the CLIP text and image towers into a pipeline folder, or import a pretrained CLIP.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
