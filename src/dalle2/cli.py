@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from dalle2 import __version__
+from dalle2.cli_options import add_config_options, positive_int
 
 EXIT_USAGE = 2
 
@@ -26,34 +27,11 @@ class _CommandListFormatter(argparse.RawDescriptionHelpFormatter):
             self._action_max_length += 2
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _resolution(text: str) -> int:
-    value = _positive_int(text)
+    value = positive_int(text)
     if not 8 <= value <= 1024:
         raise argparse.ArgumentTypeError(f"must be between 8 and 1024 pixels, got {value}")
     return value
-
-
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="cpu", help="named preset: tiny, cpu, gpu (default: %(default)s)")
-    parser.add_argument("--config", metavar="YAML", help="YAML file overriding the preset")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one config value (repeatable; wins over --config and --preset)",
-    )
 
 
 def _resolve_config(args: argparse.Namespace, **cli_values: object):
@@ -200,19 +178,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add(data_commands, "preview", "write a PNG grid of samples with their captions", cmd_data_preview)
     p.add_argument("data", help=data_help)
-    p.add_argument("-n", type=_positive_int, default=64, help="number of samples")
+    p.add_argument("-n", type=positive_int, default=64, help="number of samples")
     p.add_argument("-o", "--output", default="grid.png", help="PNG file to write")
     p.add_argument("--split", default="train", help="train, test (shapes also: heldout)")
     p.add_argument("--resolution", type=_resolution, default=32, help="image size in pixels")
     p.add_argument("--seed", type=int, default=0, help="dataset seed (procedural datasets)")
-    p.add_argument("--cell", type=_positive_int, default=96, help="displayed size of each image in the grid")
+    p.add_argument("--cell", type=positive_int, default=96, help="displayed size of each image in the grid")
 
     p = add(data_commands, "stats", "print size, resolution, caption lengths and vocabulary", cmd_data_stats)
     p.add_argument("data", help=data_help)
     p.add_argument("--split", default="train", help="train, test (shapes also: heldout)")
     p.add_argument("--resolution", type=_resolution, default=32, help="image size in pixels")
     p.add_argument("--seed", type=int, default=0, help="dataset seed (procedural datasets)")
-    p.add_argument("--limit", type=_positive_int, default=20_000, help="read at most this many samples")
+    p.add_argument("--limit", type=positive_int, default=20_000, help="read at most this many samples")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     # train
@@ -227,8 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(train_commands, "tokenizer", "train the BPE tokenizer on a dataset's captions", cmd_train_tokenizer)
     p.add_argument("--data", help=data_help + " (default: the preset's)")
     p.add_argument("--out", required=True, help="pipeline folder; writes OUT/tokenizer/tokenizer.json")
-    p.add_argument("--limit", type=_positive_int, default=50_000, help="captions to read")
-    _add_config_options(p)
+    p.add_argument("--limit", type=positive_int, default=50_000, help="captions to read")
+    add_config_options(p)
 
     p = add(
         train_commands,
@@ -247,9 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder to write NAME-v1/ into (the package ships src/dalle2/assets/evaluators)",
     )
     p.add_argument("--seed", type=int, default=None, help="training seed (default: the shipped evaluator's)")
-    p.add_argument("--epochs", type=_positive_int, default=None, help="override the default epochs")
+    p.add_argument("--epochs", type=positive_int, default=None, help="override the default epochs")
     p.add_argument(
-        "--threads", type=_positive_int, default=None, help="torch CPU threads (1 is faster on a busy machine)"
+        "--threads", type=positive_int, default=None, help="torch CPU threads (1 is faster on a busy machine)"
     )
     p.add_argument("--root", default=None, help="IDX folder for fashion-mnist / mnist (default: the Debian path)")
 
@@ -269,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="small version (CI, progress checks); default is the reporting size"
     )
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="prompts per sampling call")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="prompts per sampling call")
     p.add_argument("--images", metavar="DIR", help="score the images in DIR instead of sampling a model")
     p.add_argument("--prompts", metavar="FILE", help="prompts.jsonl for --images (from `dalle2 eval-prompts`)")
     p.add_argument("--features", metavar="EVALUATOR", help="feature network for FD/KID/PR (needed for folder:PATH)")
@@ -279,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="shapes", help="benchmark: shapes, fashion-mnist, mnist, folder:PATH")
     p.add_argument("-o", "--output", default="prompts.jsonl", help="JSON-lines file: prompt, requirement, file_name")
     p.add_argument("--quick", action="store_true", help="the small prompt set")
-    p.add_argument("--images-per-prompt", type=_positive_int, default=None, help="override images per prompt")
+    p.add_argument("--images-per-prompt", type=positive_int, default=None, help="override images per prompt")
     p.add_argument("--render-real", metavar="DIR", help="also write real images for every prompt into DIR")
     p.add_argument("--resolution", type=_resolution, default=64, help="size of the real images")
     p.add_argument("--seed", type=int, default=1, help="seed of the real images")
@@ -288,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # config
     p = add(commands, "config", "print the resolved configuration (preset < YAML < --set)", cmd_config)
-    _add_config_options(p)
+    add_config_options(p)
     return parser
 
 

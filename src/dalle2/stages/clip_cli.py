@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from dalle2.cli_options import add_config_options, add_run_options
+
 TEXT_ENCODER_CHOICES = ("clip", "minilm")  # == dalle2.models.clip.TEXT_ENCODERS (a test keeps them equal)
 
 
@@ -18,22 +20,10 @@ def register(train_subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--data", help="dataset spec (default: the config's data.dataset, shapes)")
     p.add_argument("--out", required=True, help="pipeline folder; writes OUT/clip/ and OUT/model_index.json")
-    p.add_argument("--preset", default="cpu", help="named preset: tiny, cpu, gpu (default: %(default)s)")
-    p.add_argument("--config", metavar="YAML", help="YAML file overriding the preset (may hold a clip: section)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one config value, e.g. train.max_steps=100 or clip.embed_dim=64 (repeatable)",
-    )
-    p.add_argument("--resume", action="store_true", help="continue from OUT/training/clip/checkpoints")
-    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in total")
-    p.add_argument("--max-minutes", type=float, help="stop after this many minutes of this run")
+    add_config_options(p, example="train.max_steps=100 or clip.embed_dim=64")
+    add_run_options(p, "clip")
     p.add_argument("--clip", metavar="PATH", help="import a pretrained transformers CLIP folder (frozen) instead")
     p.add_argument("--text-encoder", choices=TEXT_ENCODER_CHOICES, help="clip (trained, default) or minilm (frozen)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=run)
     return p
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from dalle2.cli_options import add_config_options, add_run_options
+
 
 def register(train_subparsers: Any) -> argparse.ArgumentParser:
     """Add ``prior`` to the ``dalle2 train`` sub-commands (sets ``func`` to :func:`run`)."""
@@ -19,20 +21,8 @@ def register(train_subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--data", help="dataset spec (default: the config's data.dataset, shapes)")
     p.add_argument("--out", required=True, help="pipeline folder holding clip/; writes OUT/prior/ and model_index.json")
-    p.add_argument("--preset", default="cpu", help="named preset: tiny, cpu, gpu (default: %(default)s)")
-    p.add_argument("--config", metavar="YAML", help="YAML file overriding the preset (may hold a prior: section)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one config value, e.g. train.max_steps=100 or prior.pool_size=5000 (repeatable)",
-    )
-    p.add_argument("--resume", action="store_true", help="continue from OUT/training/prior/checkpoints")
-    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in total")
-    p.add_argument("--max-minutes", type=float, help="stop after this many minutes of this run")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_config_options(p, example="train.max_steps=100 or prior.pool_size=5000")
+    add_run_options(p, "prior")
     p.set_defaults(func=run)
     return p
 

@@ -1,0 +1,47 @@
+"""Command-line options shared by every command that runs a configured job (argparse only: imports nothing heavy)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
+    return value
+
+
+def add_config_options(parser: argparse.ArgumentParser, example: str = "train.batch_size=32") -> None:
+    """--preset, --config and --set: precedence preset < YAML < --set."""
+    parser.add_argument("--preset", default="cpu", help="named preset: tiny, cpu, gpu (default: %(default)s)")
+    parser.add_argument("--config", metavar="YAML", help="YAML file overriding the preset")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help=f"override one config value, e.g. {example} (repeatable; wins over --config and --preset)",
+    )
+
+
+def add_run_options(parser: argparse.ArgumentParser, stage: str) -> None:
+    """--resume, --max-steps, --max-minutes and --no-progress of a training stage."""
+    parser.add_argument("--resume", action="store_true", help=f"continue from OUT/training/{stage}/checkpoints")
+    parser.add_argument("--max-steps", type=positive_int, help="stop after this many optimizer steps in total")
+    parser.add_argument("--max-minutes", type=positive_float, help="stop after this many minutes of this run")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
