@@ -27,6 +27,7 @@ import yaml
 
 from dalle2.models.clip import CLIP_TRAIN_PRESETS, ClipConfig, ClipError, ClipModel, clip_preset
 from dalle2.pipeline import FORMAT, FORMAT_VERSION
+from dalle2.stages.common import merge_overrides
 
 __all__ = ["evaluate_clip", "train_clip", "write_model_index"]
 
@@ -43,31 +44,11 @@ def _resolve(
     data: str | None,
     text_encoder: str | None,
 ) -> tuple[Any, ClipConfig]:
-    from dalle2.config import ConfigError, load_config, parse_overrides
+    from dalle2.config import load_config
 
     if preset not in CLIP_TRAIN_PRESETS:
         load_config(preset)  # raises the shared "unknown preset" ConfigError
-    overrides: dict[str, dict[str, Any]] = {"train": dict(CLIP_TRAIN_PRESETS[preset])}
-    if config_path is not None:
-        path = Path(config_path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML: {error}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections")
-        for section, values in loaded.items():
-            if isinstance(values, dict):
-                overrides.setdefault(section, {}).update(values)
-            else:
-                overrides[section] = values
-    for section, values in parse_overrides(list(sets)).items():
-        overrides.setdefault(section, {}).update(values)
-    clip_updates = overrides.pop("clip", {})
-    if not isinstance(clip_updates, dict):
-        raise ConfigError("section 'clip' must be a mapping")
+    overrides, clip_updates = merge_overrides(CLIP_TRAIN_PRESETS[preset], config_path, sets, "clip")
     for dotted, value in (
         ("train.max_steps", max_steps),
         ("train.max_minutes", max_minutes),
@@ -77,7 +58,6 @@ def _resolve(
         if value is not None:
             section, _, key = dotted.partition(".")
             (clip_updates if section == "clip" else overrides.setdefault(section, {}))[key] = value
-    overrides.pop("preset", None)
     config = load_config(preset, None, overrides)
     return config, clip_preset(preset, clip_updates)
 

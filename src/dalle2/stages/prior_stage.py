@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 
 from dalle2.models.prior import PRESETS as PRIOR_PRESETS
 from dalle2.models.prior import DiffusionPrior, EmbeddingStats, PriorConfig, prior_report
+from dalle2.stages.common import merge_overrides
 
 __all__ = ["PRIOR_STAGE_PRESETS", "PRIOR_TRAIN_PRESETS", "PriorStageError", "encode_pairs", "train_prior"]
 
@@ -74,40 +75,21 @@ def _resolve(
     data: str | None,
 ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """-> (Config, PriorConfig overrides, stage keys)."""
-    from dalle2.config import ConfigError, load_config, parse_overrides
+    from dalle2.config import ConfigError, load_config
 
     if preset not in PRIOR_TRAIN_PRESETS or preset not in PRIOR_PRESETS:
         load_config(preset)  # raises the shared "unknown preset" ConfigError
         raise PriorStageError(f"unknown prior preset {preset!r}; choose one of {', '.join(PRIOR_TRAIN_PRESETS)}")
-    overrides: dict[str, Any] = {"train": dict(PRIOR_TRAIN_PRESETS[preset])}
-    if config_path is not None:
-        path = Path(config_path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML: {error}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections")
-        for section, values in loaded.items():
-            if isinstance(values, dict):
-                overrides.setdefault(section, {}).update(values)
-            else:
-                overrides[section] = values
-    for section, values in parse_overrides(list(sets)).items():
-        overrides.setdefault(section, {}).update(values)
-    prior_updates = overrides.pop("prior", {})
-    if not isinstance(prior_updates, dict):
-        raise ConfigError("section 'prior' must be a mapping")
-    overrides.pop("clip", None)  # a shared YAML may hold the CLIP stage's section
+    # a shared YAML may hold the CLIP stage's section: ignored here
+    overrides, prior_updates = merge_overrides(
+        PRIOR_TRAIN_PRESETS[preset], config_path, sets, "prior", ignore=("clip",)
+    )
     if max_steps is not None:
         overrides.setdefault("train", {})["max_steps"] = max_steps
     if max_minutes is not None:
         overrides.setdefault("train", {})["max_minutes"] = max_minutes
     if data is not None:
         overrides.setdefault("data", {})["dataset"] = data
-    overrides.pop("preset", None)
     config = load_config(preset, None, overrides)
 
     stage = dict(PRIOR_STAGE_PRESETS[preset])
