@@ -27,7 +27,7 @@ import yaml
 
 from dalle2.models.clip import CLIP_TRAIN_PRESETS, ClipConfig, ClipError, ClipModel, clip_preset
 from dalle2.pipeline import FORMAT, FORMAT_VERSION
-from dalle2.stages.common import merge_overrides
+from dalle2.stages.common import merge_overrides, printer, stage_options
 
 __all__ = ["evaluate_clip", "train_clip", "write_model_index"]
 
@@ -216,15 +216,10 @@ def train_clip(args: argparse.Namespace | dict[str, Any] | None = None, **kwargs
     (pretrained CLIP folder), ``text_encoder`` ("clip" | "minilm"), ``log_with`` (tracker names or None),
     ``progress`` (bool), ``quiet`` (bool). Returns the report (also in ``OUT/clip/report.json``).
     """
-    opts = dict(vars(args) if isinstance(args, argparse.Namespace) else (args or {}))
-    opts.update(kwargs)
+    opts = stage_options(args, kwargs)
     if not opts.get("out"):
         raise ClipError("the CLIP stage needs an output pipeline folder (--out DIR)")
-    quiet = bool(opts.get("quiet"))
-
-    def log(message: str) -> None:
-        if not quiet:
-            print(message, flush=True)
+    log = printer(bool(opts.get("quiet")))
 
     out = Path(opts["out"])
     config, clip_config = _resolve(

@@ -47,3 +47,22 @@ def merge_overrides(
         overrides.pop(name, None)
     overrides.pop("preset", None)
     return overrides, own
+
+
+def stage_options(args: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A stage's options from an argparse namespace, a dict or keyword arguments (keywords win)."""
+    import argparse
+
+    opts = dict(vars(args) if isinstance(args, argparse.Namespace) else (args or {}))
+    opts.update(kwargs)
+    return opts
+
+
+def printer(quiet: bool):
+    """``log(message)`` that prints at once, or nothing when ``quiet``."""
+
+    def log(message: str) -> None:
+        if not quiet:
+            print(message, flush=True)
+
+    return log

@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 
 from dalle2.models.prior import PRESETS as PRIOR_PRESETS
 from dalle2.models.prior import DiffusionPrior, EmbeddingStats, PriorConfig, prior_report
-from dalle2.stages.common import merge_overrides
+from dalle2.stages.common import merge_overrides, printer, stage_options
 
 __all__ = ["PRIOR_STAGE_PRESETS", "PRIOR_TRAIN_PRESETS", "PriorStageError", "encode_pairs", "train_prior"]
 
@@ -236,15 +236,10 @@ def train_prior(args: argparse.Namespace | dict[str, Any] | None = None, **kwarg
     ``max_minutes``, ``log_with`` (tracker names or None), ``progress`` (bool), ``quiet`` (bool).
     Returns the report (also in ``OUT/prior/report.json``).
     """
-    opts = dict(vars(args) if isinstance(args, argparse.Namespace) else (args or {}))
-    opts.update(kwargs)
+    opts = stage_options(args, kwargs)
     if not opts.get("out"):
         raise PriorStageError("the prior stage needs the pipeline folder (--out DIR) holding a trained CLIP")
-    quiet = bool(opts.get("quiet"))
-
-    def log(message: str) -> None:
-        if not quiet:
-            print(message, flush=True)
+    log = printer(bool(opts.get("quiet")))
 
     out = Path(opts["out"])
     preset = opts.get("preset") or "cpu"
