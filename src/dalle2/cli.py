@@ -237,6 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
     from dalle2.stages.prior_cli import register as register_prior
 
     register_prior(train_commands)
+    from dalle2.stages.image_cli import register as register_image
+
+    register_image(train_commands)
+    from dalle2.stages.all_cli import register as register_all
+
+    register_all(train_commands)
+
+    from dalle2.generate_cli import register as register_generate
+
+    register_generate(commands, add)
 
     # eval
     p = add(commands, "eval", "score a model, or any program's images, on a benchmark", cmd_eval)

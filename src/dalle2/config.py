@@ -42,6 +42,7 @@ class TrainConfig:
     batch_size: int = 64
     learning_rate: float = 3e-4
     max_steps: int = 3000
+    schedule_steps: int | None = None  # length of the LR schedule; None = max_steps (set it to stop early and resume)
     max_minutes: float | None = None
     checkpoint_every: int = 500
     mixed_precision: str = "no"  # "no" | "bf16"
@@ -190,6 +191,10 @@ def validate(config: Config) -> None:
         (config.train.batch_size >= 1, "train.batch_size must be >= 1"),
         (0 < config.train.learning_rate < 1, "train.learning_rate must be in (0, 1)"),
         (config.train.max_steps >= 1, "train.max_steps must be >= 1"),
+        (
+            config.train.schedule_steps is None or config.train.schedule_steps >= 1,
+            "train.schedule_steps must be >= 1",
+        ),
         (config.train.max_minutes is None or config.train.max_minutes > 0, "train.max_minutes must be > 0"),
         (config.train.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
         (config.train.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision must be no, bf16 or fp16"),

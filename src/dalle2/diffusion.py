@@ -181,7 +181,7 @@ def guided(model_fn: ModelFn, scale: float, null_cond: Mapping[str, Tensor] | No
         for k, c in cond.items():
             u = null_cond.get(k, c)
             u = u.expand(b, *c.shape[1:]) if u.shape[0] != b else u
-            both[k] = torch.cat([c, u.to(c.dtype)])  # (2B, ...)
+            both[k] = torch.cat([c, u.to(device=c.device, dtype=c.dtype)])  # (2B, ...); null may be on CPU
         out = model_fn(torch.cat([x, x]), torch.cat([t, t]), **both)  # (2B, ...)
         out_c, out_u = out.chunk(2)
         return out_u + scale * (out_c - out_u)

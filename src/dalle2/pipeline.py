@@ -65,10 +65,21 @@ def read_index(path: str | Path) -> dict[str, Any]:
     return index
 
 
+# model families that ship with dalle2: imported (and so registered) when first needed
+BUILTIN_KINDS = {"unclip": "dalle2.unclip_pipeline", "gan": "dalle2.gan_pipeline"}
+
+
 def load(path: str | Path) -> Pipeline:
     """Open a saved pipeline folder of any registered kind."""
     index = read_index(path)
     kind = index.get("kind")
+    if kind not in LOADERS and kind in BUILTIN_KINDS:
+        import importlib
+
+        try:
+            importlib.import_module(BUILTIN_KINDS[kind])
+        except ModuleNotFoundError:
+            pass
     if kind not in LOADERS:
         known = ", ".join(sorted(LOADERS)) or "none registered"
         raise PipelineError(f"{path}: unknown model kind {kind!r} (known kinds: {known})")

@@ -367,7 +367,17 @@ class ClipModel(nn.Module):
         if tokenizer is None:
             tokenizer = _default_tokenizer(folder, config)
         model = cls(config, tokenizer)
-        missing, unexpected = load_model(model, weights, strict=False)
+        try:
+            missing, unexpected = load_model(model, weights, strict=False)
+        except OSError as error:
+            raise ClipError(f"{weights}: cannot be read ({error})") from None
+        except Exception as error:  # corrupt file (safetensors' own error type) or tensors of other shapes
+            if not isinstance(error, RuntimeError) or "size mismatch" not in str(error):
+                raise ClipError(f"{weights}: not a readable safetensors file ({error})") from None
+            lines = str(error).splitlines()
+            raise ClipError(
+                f"{weights}: weights do not match the config ({lines[1].strip() if len(lines) > 1 else lines[0]} ...)"
+            ) from None
         if missing or unexpected:
             raise ClipError(
                 f"{weights}: weights do not match the config (missing {sorted(missing)[:5]}, "

@@ -107,7 +107,10 @@ class EmbeddingStats:
 
     @classmethod
     def load(cls, path: str | Path) -> EmbeddingStats:
-        d = load_file(str(path))
+        try:
+            d = load_file(str(path))
+        except Exception as error:  # safetensors' own error type for corrupt files
+            raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
         return cls(mean=d["mean"], std=d["std"])
 
 
@@ -276,7 +279,18 @@ class DiffusionPrior(nn.Module):
                 f"{FORMAT_VERSION}. Retrain the prior or use a matching dalle2 version."
             )
         model = cls(PriorConfig.from_dict(meta), EmbeddingStats.load(d / "embedding_stats.safetensors"))
-        model.load_state_dict(load_file(str(d / "model.safetensors")))
+        try:
+            state = load_file(str(d / "model.safetensors"))
+        except Exception as error:  # safetensors' own error type for corrupt files
+            raise ValueError(f"{d / 'model.safetensors'}: not a readable safetensors file ({error})") from None
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as error:  # other keys or shapes: name the folder, not torch's whole list
+            lines = str(error).splitlines()
+            raise ValueError(
+                f"prior folder {d}: model.safetensors does not match config.json "
+                f"({lines[1].strip() if len(lines) > 1 else lines[0]} ...); was it saved with another config?"
+            ) from None
         return model.eval()
 
 

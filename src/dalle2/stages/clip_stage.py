@@ -48,7 +48,10 @@ def _resolve(
 
     if preset not in CLIP_TRAIN_PRESETS:
         load_config(preset)  # raises the shared "unknown preset" ConfigError
-    overrides, clip_updates = merge_overrides(CLIP_TRAIN_PRESETS[preset], config_path, sets, "clip")
+    # a shared YAML (``dalle2 train all --config``) may hold the other stages' sections: ignored here
+    overrides, clip_updates = merge_overrides(
+        CLIP_TRAIN_PRESETS[preset], config_path, sets, "clip", ignore=("prior", "decoder", "upsampler")
+    )
     for dotted, value in (
         ("train.max_steps", max_steps),
         ("train.max_minutes", max_minutes),
@@ -248,6 +251,7 @@ def train_clip(args: argparse.Namespace | dict[str, Any] | None = None, **kwargs
         )
         out.mkdir(parents=True, exist_ok=True)
         tokenizer = _tokenizer(out, config, dataset, log)
+        torch.manual_seed(config.train.seed)  # the initial weights (the Trainer seeds training itself)
         model = ClipModel.from_config(clip_config, image_size=config.data.resolution, tokenizer=tokenizer)
         train_info = _train(model, dataset, config, clip_config, out, opts)
         log(

@@ -80,9 +80,9 @@ def _resolve(
     if preset not in PRIOR_TRAIN_PRESETS or preset not in PRIOR_PRESETS:
         load_config(preset)  # raises the shared "unknown preset" ConfigError
         raise PriorStageError(f"unknown prior preset {preset!r}; choose one of {', '.join(PRIOR_TRAIN_PRESETS)}")
-    # a shared YAML may hold the CLIP stage's section: ignored here
+    # a shared YAML may hold the other stages' sections: ignored here
     overrides, prior_updates = merge_overrides(
-        PRIOR_TRAIN_PRESETS[preset], config_path, sets, "prior", ignore=("clip",)
+        PRIOR_TRAIN_PRESETS[preset], config_path, sets, "prior", ignore=("clip", "decoder", "upsampler")
     )
     if max_steps is not None:
         overrides.setdefault("train", {})["max_steps"] = max_steps

@@ -168,8 +168,9 @@ class Trainer:
 
     Optimizer: AdamW (weight decay on tensors of 2+ dimensions only), LR = ``config.learning_rate``
     times ``warmup_cosine``: linear warmup over ``warmup_steps`` (default 5% of the schedule, at most
-    1000), cosine decay to ``min_lr_ratio`` at ``total_steps`` (default ``config.max_steps``; pass the
-    full length when stopping early by ``max_steps`` and resuming later with a larger one). Gradients
+    1000), cosine decay to ``min_lr_ratio`` at ``total_steps`` (default ``config.schedule_steps``, else
+    ``config.max_steps``; set it to the full length when stopping early by ``max_steps`` and resuming
+    later with a larger one). Gradients
     are clipped to ``max_grad_norm``. ``config.max_minutes`` counts this run's wall time only.
     Checkpoints go to ``out_dir/checkpoints/step_*`` (the newest ``keep_checkpoints`` kept), logs to
     ``out_dir/logs/<stage_name>``, previews to ``out_dir/samples``. ``train(resume=False)`` refuses an
@@ -223,7 +224,7 @@ class Trainer:
         elif not isinstance(run_config, dict):
             run_config = run_config.to_dict()
         self.run_config = json.loads(json.dumps(run_config, default=str))  # plain YAML-safe types
-        self.total_steps = total_steps or config.max_steps
+        self.total_steps = total_steps or getattr(config, "schedule_steps", None) or config.max_steps
         self.warmup_steps = warmup_steps if warmup_steps is not None else min(1000, max(1, self.total_steps // 20))
         self.min_lr_ratio = min_lr_ratio
         self.gradient_accumulation_steps = gradient_accumulation_steps

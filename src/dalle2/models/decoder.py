@@ -1,0 +1,289 @@
+"""Image diffusion models of the unCLIP pipeline: the decoder (z_i -> 32x32) and the upsampler (32 -> 64).
+
+One class, :class:`ImageDiffusion`, owns a network (:class:`~dalle2.models.transformer.DiffusionTransformer`
+or :class:`~dalle2.models.unet.UNet`), the noise schedule and parameterization (from :mod:`dalle2.diffusion`,
+shared with the prior), the training loss, guidance and sampling, and saving / loading
+(``config.json`` + ``model.safetensors``).
+
+* Decoder (paper sec. 2.1): conditioned on the CLIP image embedding z_i and the caption's token
+  encodings; z_i dropped 10% and the caption 50% of the time in training; guided sampling pushes away
+  from the fully unconditional pass (both dropped), on the same x_t and t.
+* Upsampler (paper sec. 2.1, "Decoder"): convolution-only UNet conditioned on the low-resolution image,
+  which is corrupted in training (Gaussian blur, then noise at a random diffusion step; the step is an
+  input) and noised at a fixed small step in sampling; no caption, no guidance, few steps.
+
+Default parameterization: v prediction with the cosine schedule and fixed variance; the loss is the
+per-sample MSE on v weighted by min(SNR, 5) / (SNR + 1) (Hang et al. 2023, "Min-SNR"), which for v is
+the same as clipping the x0-space weight at SNR 5.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from dalle2 import diffusion
+from dalle2.models.transformer import DiffusionTransformer, TransformerConfig
+from dalle2.models.unet import UNet, UNetConfig
+
+__all__ = ["DiffusionConfig", "ImageDiffusion", "blur", "load_component_error"]
+
+FORMAT_VERSION = 1
+ARCHES = ("transformer", "unet")
+
+
+@dataclass
+class DiffusionConfig:
+    """What an :class:`ImageDiffusion` is: its role, network and diffusion settings (config.json)."""
+
+    role: str = "decoder"  # "decoder" | "upsampler"
+    arch: str = "transformer"  # "transformer" | "unet"
+    net: dict[str, Any] = field(default_factory=dict)  # TransformerConfig / UNetConfig fields
+    prediction: str = "v"
+    num_train_timesteps: int = 1000
+    min_snr_gamma: float | None = 5.0  # None: plain MSE
+    image_drop_prob: float = 0.1  # decoder: z_i zeroed (paper: 10%)
+    text_drop_prob: float = 0.5  # decoder: caption dropped (paper: 50%)
+    low_res_size: int = 0  # upsampler: input resolution
+    max_aug_level: int = 250  # upsampler: training noise level of the low-res input, uniform in [0, this)
+    sample_aug_level: int = 50  # upsampler: noise level the low-res input gets in sampling
+    blur_sigma: tuple[float, float] = (0.4, 0.6)  # upsampler: Gaussian blur sigma range (in low-res pixels)
+    sampler: str = "ddim"
+    sample_steps: int = 25
+    guidance_scale: float = 3.0
+    eta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.role not in ("decoder", "upsampler"):
+            raise ValueError(f"role must be decoder or upsampler, got {self.role!r}")
+        if self.arch not in ARCHES:
+            raise ValueError(f"arch must be one of {ARCHES}, got {self.arch!r}")
+        if self.prediction not in diffusion.PREDICTIONS:
+            raise ValueError(f"prediction must be one of {diffusion.PREDICTIONS}, got {self.prediction!r}")
+        if self.sampler not in diffusion.SAMPLERS:
+            raise ValueError(f"sampler must be one of {diffusion.SAMPLERS}, got {self.sampler!r}")
+        if not 1 <= self.sample_steps <= self.num_train_timesteps:
+            raise ValueError(f"sample_steps must be in [1, {self.num_train_timesteps}], got {self.sample_steps}")
+        if not 0 <= self.image_drop_prob < 1 or not 0 <= self.text_drop_prob < 1:
+            raise ValueError("image_drop_prob and text_drop_prob must be in [0, 1)")
+        if self.guidance_scale < 0 or self.eta < 0:
+            raise ValueError("guidance_scale and eta must be >= 0")
+        if self.role == "upsampler" and self.low_res_size < 1:
+            raise ValueError("an upsampler needs low_res_size")
+        self.blur_sigma = tuple(float(s) for s in self.blur_sigma)  # type: ignore[assignment]
+        self.net_config()  # validate the network's keys now
+
+    def net_config(self) -> TransformerConfig | UNetConfig:
+        return (TransformerConfig if self.arch == "transformer" else UNetConfig).from_dict(dict(self.net))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DiffusionConfig:
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown keys: {sorted(unknown)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def blur(x: Tensor, sigma: Tensor) -> Tensor:
+    """Per-sample Gaussian blur (5x5 kernel, reflect padding); sigma (B,) in pixels."""
+    b, c, h, w = x.shape
+    r = torch.arange(-2, 3, dtype=x.dtype, device=x.device)
+    k1 = torch.exp(-(r[None] ** 2) / (2 * sigma.to(x)[:, None].clamp(min=1e-3) ** 2))
+    k1 = k1 / k1.sum(1, keepdim=True)  # (B, 5)
+    kernel = (k1[:, :, None] * k1[:, None, :]).repeat_interleave(c, 0)[:, None]  # (B*C, 1, 5, 5)
+    y = F.pad(x.reshape(1, b * c, h, w), (2, 2, 2, 2), mode="reflect")
+    return F.conv2d(y, kernel, groups=b * c).reshape(b, c, h, w)
+
+
+def load_component_error(folder: Path, what: str) -> ValueError:
+    return ValueError(f"{what} folder {folder}: missing config.json or model.safetensors (train it first)")
+
+
+class ImageDiffusion(nn.Module):
+    """A decoder or upsampler: ``forward(x_t, t, **cond)`` is the raw network output."""
+
+    def __init__(self, config: DiffusionConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        net_config = c.net_config()
+        self.net: nn.Module = DiffusionTransformer(net_config) if c.arch == "transformer" else UNet(net_config)  # type: ignore[arg-type]
+        self.register_buffer("alphas_cumprod", diffusion.cosine_alphas_cumprod(c.num_train_timesteps), persistent=False)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.config.net.get("image_size", 32))
+
+    def forward(self, x_t: Tensor, t: Tensor, **cond: Tensor) -> Tensor:
+        return self.net(x_t, t, **cond)
+
+    # -- training ------------------------------------------------------------------------------------
+
+    def corrupt_low_res(self, low_res: Tensor, level: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The upsampler's conditioning input: noise ``low_res`` to diffusion step ``level`` (B,)."""
+        noise = torch.randn(low_res.shape, generator=generator).to(low_res)
+        return diffusion.q_sample(self.alphas_cumprod, low_res, level.to(low_res.device), noise)
+
+    def loss(self, model: nn.Module, x0: Tensor, **cond: Tensor) -> Tensor:
+        """Mean weighted loss of a batch; ``model`` is this module or its prepared (DDP) wrapper, so the
+        forward pass goes through it. Randomness comes from the global torch RNG (saved by the trainer)."""
+        c = self.config
+        b = x0.shape[0]
+        t = torch.randint(0, c.num_train_timesteps, (b,)).to(x0.device)
+        noise = torch.randn(x0.shape).to(x0)
+        if c.role == "decoder":
+            cond["drop_image"] = (torch.rand(b) < c.image_drop_prob).to(x0.device)
+            cond["drop_text"] = (torch.rand(b) < c.text_drop_prob).to(x0.device)
+        else:
+            low = cond.pop("low_res")
+            sigma = torch.empty(b).uniform_(*c.blur_sigma)
+            level = torch.randint(0, max(1, c.max_aug_level), (b,))
+            cond["low_res"] = self.corrupt_low_res(blur(low, sigma.to(low)), level)
+            cond["noise_level"] = level.to(x0.device)
+        alpha, sigma_t = diffusion.alpha_sigma(self.alphas_cumprod, t, x0)
+        x_t = alpha * x0 + sigma_t * noise
+        out = model(x_t, t, **cond)
+        per_sample = diffusion.mse_per_sample(out.float(), diffusion.target(x0, noise, alpha, sigma_t, c.prediction))
+        if c.min_snr_gamma is not None:
+            snr = self.alphas_cumprod[t] / (1 - self.alphas_cumprod[t])
+            if c.prediction == "v":
+                weight = snr.clamp(max=c.min_snr_gamma) / (snr + 1)
+            elif c.prediction == "eps":
+                weight = snr.clamp(max=c.min_snr_gamma) / snr
+            else:
+                weight = snr.clamp(max=c.min_snr_gamma)
+            per_sample = per_sample * weight.to(per_sample)
+        return per_sample.mean()
+
+    # -- sampling ------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(
+        self,
+        noise: Tensor,
+        *,
+        image_embed: Tensor | None = None,
+        text_tokens: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        low_res: Tensor | None = None,
+        steps: int | None = None,
+        sampler: str | None = None,
+        guidance_scale: float | None = None,
+        eta: float | None = None,
+        generator: torch.Generator | None = None,
+        inpaint: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """Images in [-1, 1] from ``noise`` (B, C, H, W). Decoder: guided on (image_embed, caption) with
+        the fully dropped pass as the unconditional one. Upsampler: conditioned on ``low_res`` (B, C, h, w)
+        noised at ``sample_aug_level``. ``inpaint=(known, keep)``: at every step the pixels where ``keep``
+        is 1 are replaced by ``known`` noised to the current step (RePaint-style replacement)."""
+        c = self.config
+        steps = steps or c.sample_steps
+        sampler = sampler or c.sampler
+        scale = c.guidance_scale if guidance_scale is None else guidance_scale
+        eta = c.eta if eta is None else eta
+        b = noise.shape[0]
+        device = noise.device
+        cond: dict[str, Tensor] = {}
+        null: dict[str, Tensor] = {}
+        if c.role == "decoder":
+            if image_embed is None:
+                raise ValueError("the decoder needs image_embed")
+            cond["image_embed"] = image_embed.to(noise)
+            if text_tokens is not None:
+                cond["text_tokens"] = text_tokens.to(noise)
+                cond["text_mask"] = (
+                    text_mask.to(device) if text_mask is not None else torch.ones(text_tokens.shape[:2], device=device)
+                ).bool()
+            cond["drop_image"] = torch.zeros(b, dtype=torch.bool, device=device)
+            cond["drop_text"] = torch.zeros(b, dtype=torch.bool, device=device)
+            null = {"drop_image": torch.ones(1, dtype=torch.bool), "drop_text": torch.ones(1, dtype=torch.bool)}
+            if "text_tokens" not in cond:  # no caption at all: mask every (absent) caption token
+                cfg = self.net.config
+                if getattr(cfg, "context_dim", 0):
+                    cond["text_tokens"] = torch.zeros(b, 1, cfg.context_dim, device=device)
+                    cond["text_mask"] = torch.zeros(b, 1, dtype=torch.bool, device=device)
+        else:
+            if low_res is None:
+                raise ValueError("the upsampler needs low_res")
+            level = torch.full((b,), c.sample_aug_level, dtype=torch.long)
+            g = torch.Generator().manual_seed(0) if generator is None else generator
+            cond["low_res"] = self.corrupt_low_res(low_res.to(noise), level, g)
+            cond["noise_level"] = level.to(device)
+            scale = 1.0
+        model_fn = diffusion.guided(self, scale, null)
+        if inpaint is not None:
+            model_fn = self._inpainting(model_fn, inpaint, noise.shape, generator)
+        x = diffusion.sample(sampler, model_fn, noise, self.alphas_cumprod, steps, c.prediction, cond, eta, generator)
+        if inpaint is not None:
+            known, keep = inpaint
+            x = keep * known.to(x) + (1 - keep) * x
+        return x.clamp(-1, 1)
+
+    def _inpainting(self, model_fn, inpaint: tuple[Tensor, Tensor], shape, generator):
+        """Wrap the model call so that it sees the known region noised to the current t."""
+        known, keep = inpaint
+        fixed_noise = torch.randn(shape, generator=generator).to(known)
+
+        def fn(x: Tensor, t: Tensor, **cond: Tensor) -> Tensor:
+            noised = diffusion.q_sample(self.alphas_cumprod, known.to(x), t, fixed_noise.to(x))
+            return model_fn(keep * noised + (1 - keep) * x, t, **cond)
+
+        return fn
+
+    # -- save / load ---------------------------------------------------------------------------------
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        d = Path(folder)
+        d.mkdir(parents=True, exist_ok=True)
+        meta = {"format_version": FORMAT_VERSION, "class": "ImageDiffusion", **self.config.to_dict()}
+        tmp = d / "config.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(d / "model.safetensors.tmp"))
+        (d / "model.safetensors.tmp").replace(d / "model.safetensors")
+        tmp.replace(d / "config.json")
+        return d
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> ImageDiffusion:
+        d = Path(folder)
+        if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
+            raise load_component_error(d, "decoder/upsampler")
+        try:
+            meta = json.loads((d / "config.json").read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{d / 'config.json'}: not valid JSON ({error.msg})") from None
+        version = meta.pop("format_version", None)
+        meta.pop("class", None)
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"{d}: format version {version}; this dalle2 reads version {FORMAT_VERSION}. "
+                "Retrain this component or use the dalle2 version that wrote it."
+            )
+        try:
+            model = cls(DiffusionConfig.from_dict(meta))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{d / 'config.json'}: {error}") from None
+        try:
+            state = load_file(str(d / "model.safetensors"))
+        except Exception as error:  # safetensors raises its own error type for corrupt files
+            raise ValueError(f"{d / 'model.safetensors'}: cannot be read ({error})") from None
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as error:
+            lines = str(error).splitlines()
+            raise ValueError(
+                f"{d}: model.safetensors does not match config.json "
+                f"({lines[1].strip() if len(lines) > 1 else lines[0]} ...); was it saved with another config?"
+            ) from None
+        return model.eval()

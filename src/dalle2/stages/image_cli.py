@@ -1,0 +1,42 @@
+"""Command-line registration of ``dalle2 train decoder`` and ``dalle2 train upsampler`` (no heavy imports)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from dalle2.cli_options import add_config_options, add_run_options
+
+DESCRIPTIONS = {
+    "decoder": (
+        "train the diffusion decoder (CLIP image embedding -> image)",
+        "Train the unCLIP decoder of a pipeline folder at the base resolution. Needs OUT/clip (from `dalle2 "
+        "train clip`): the frozen CLIP encodes every batch (image embedding z_i + caption tokens). Writes "
+        "OUT/decoder/ (EMA weights) and a report: how close CLIP(decoded image) is to the z_i it came from.",
+    ),
+    "upsampler": (
+        "train the diffusion upsampler (base -> output resolution)",
+        "Train the unCLIP upsampler of a pipeline folder: a convolution-only diffusion UNet from "
+        "data.resolution to data.output_resolution, on crops, conditioned on the blurred and noised "
+        "low-resolution image. Needs no CLIP. Writes OUT/upsampler/ and a report (PSNR against bicubic).",
+    ),
+}
+
+
+def register(train_subparsers: Any) -> None:
+    """Add ``decoder`` and ``upsampler`` to the ``dalle2 train`` sub-commands."""
+    for stage, (short, long) in DESCRIPTIONS.items():
+        p = train_subparsers.add_parser(
+            stage, help=short, description=long, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        p.add_argument("--data", help="dataset spec (default: the config's data.dataset, shapes)")
+        p.add_argument("--out", required=True, help=f"pipeline folder; writes OUT/{stage}/ and model_index.json")
+        add_config_options(p, example=f"train.max_steps=100 or {stage}.net.width=128")
+        add_run_options(p, stage)
+        p.set_defaults(func=run, stage=stage)
+
+
+def run(args: argparse.Namespace) -> None:
+    from dalle2.stages.image_stage import train_decoder, train_upsampler
+
+    (train_decoder if args.stage == "decoder" else train_upsampler)(args)

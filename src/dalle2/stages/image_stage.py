@@ -1,0 +1,427 @@
+"""``dalle2 train decoder`` and ``dalle2 train upsampler``: the image diffusion stages of an unCLIP folder.
+
+Decoder: the frozen CLIP of ``OUT/clip`` encodes each training batch on the fly (image embedding z_i of
+the image, token encodings of the caption; no grad), and an :class:`~dalle2.models.decoder.ImageDiffusion`
+learns p(x | z_i, caption) at the base resolution. Report (``OUT/decoder/report.json``): on held-out
+images, the CLIP image embedding of the decoded image against the z_i it was decoded from (cosine), beside
+the cosine of unrelated pairs, i.e. how much of z_i the decoder puts into pixels.
+
+Upsampler: trained on random crops (half the side, a quarter of the area, as the paper) of images at the
+output resolution, conditioned on the crop downsampled by the resolution ratio; no CLIP. Report
+(``OUT/upsampler/report.json``): PSNR of upsampled held-out images against bicubic upsampling.
+
+Both: config = stage preset < ``--config`` YAML < ``--set`` < options; the stage's own section
+(``decoder`` / ``upsampler``) holds :class:`~dalle2.models.decoder.DiffusionConfig` keys, ``net.*`` keys
+for the network, and ``ema_decay``; checkpoints under ``OUT/training/<stage>``; ``--resume``; EMA
+weights written to ``OUT/<stage>/``; a ``<stage>`` entry merged into ``OUT/model_index.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+from dalle2.stages.common import merge_overrides, printer, stage_options
+
+__all__ = ["IMAGE_STAGE_PRESETS", "ImageStageError", "train_decoder", "train_upsampler"]
+
+# per stage and preset: train-section defaults, the DiffusionConfig (net included) and stage keys
+IMAGE_STAGE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "decoder": {
+        "tiny": {
+            "train": {"batch_size": 8, "max_steps": 4, "checkpoint_every": 2, "learning_rate": 1e-3},
+            "model": {
+                "arch": "transformer",
+                "net": {"width": 32, "depth": 1, "heads": 2, "patch_size": 4},
+                "sample_steps": 4,
+            },
+            "stage": {"ema_decay": 0.9, "eval_samples": 8},
+        },
+        "cpu": {
+            "train": {"batch_size": 64, "max_steps": 1500, "checkpoint_every": 250, "learning_rate": 5e-4},
+            "model": {"arch": "transformer", "net": {"width": 256, "depth": 6, "heads": 4, "patch_size": 4}},
+            "stage": {"ema_decay": 0.999, "eval_samples": 64},
+        },
+        "gpu": {
+            "train": {"batch_size": 256, "max_steps": 200_000, "checkpoint_every": 5000, "learning_rate": 1e-4},
+            "model": {"arch": "transformer", "net": {"width": 768, "depth": 12, "heads": 12, "patch_size": 4}},
+            "stage": {"ema_decay": 0.9999, "eval_samples": 256},
+        },
+    },
+    "upsampler": {
+        "tiny": {
+            "train": {"batch_size": 8, "max_steps": 4, "checkpoint_every": 2, "learning_rate": 1e-3},
+            "model": {"arch": "unet", "net": {"channels": [16, 32], "attention": [False, False]}, "sample_steps": 3},
+            "stage": {"ema_decay": 0.9, "eval_samples": 8},
+        },
+        "cpu": {
+            "train": {"batch_size": 32, "max_steps": 600, "checkpoint_every": 200, "learning_rate": 5e-4},
+            "model": {
+                "arch": "unet",
+                "net": {"channels": [32, 64, 96], "attention": [False, False, False]},
+                "sample_steps": 7,
+            },
+            "stage": {"ema_decay": 0.999, "eval_samples": 64},
+        },
+        "gpu": {
+            "train": {"batch_size": 64, "max_steps": 100_000, "checkpoint_every": 5000, "learning_rate": 1e-4},
+            "model": {
+                "arch": "unet",
+                "net": {"channels": [64, 128, 256, 256], "attention": [False, False, False, False]},
+                "sample_steps": 7,
+            },
+            "stage": {"ema_decay": 0.9999, "eval_samples": 256},
+        },
+    },
+}
+
+
+class ImageStageError(ValueError):
+    """The decoder / upsampler stage cannot run; the message says what to do."""
+
+
+# -- configuration -----------------------------------------------------------------------------------
+
+
+def _resolve(stage: str, opts: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """-> (Config, DiffusionConfig dict without sizes, stage keys)."""
+    from dalle2.config import ConfigError, load_config
+    from dalle2.models.decoder import DiffusionConfig
+
+    preset = opts.get("preset") or "cpu"
+    presets = IMAGE_STAGE_PRESETS[stage]
+    if preset not in presets:
+        load_config(preset)  # raises the shared "unknown preset" ConfigError
+    other = tuple(s for s in ("clip", "prior", "decoder", "upsampler") if s != stage)
+    overrides, own = merge_overrides(
+        presets[preset]["train"], opts.get("config"), list(opts.get("overrides") or opts.get("set") or []), stage, other
+    )
+    for key, dotted in (("max_steps", "max_steps"), ("max_minutes", "max_minutes")):
+        if opts.get(key) is not None:
+            overrides.setdefault("train", {})[dotted] = opts[key]
+    if opts.get("data") is not None:
+        overrides.setdefault("data", {})["dataset"] = opts["data"]
+    config = load_config(preset, None, overrides)
+
+    model = copy.deepcopy(presets[preset]["model"])
+    keys = dict(presets[preset]["stage"])
+    model_keys = set(DiffusionConfig.__dataclass_fields__)
+    for key, value in own.items():
+        if key.startswith("net."):
+            model["net"][key[4:]] = value
+        elif key == "net" and isinstance(value, dict):
+            model["net"].update(value)
+        elif key in keys:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{stage}.{key} must be a number, got {value!r}")
+            keys[key] = type(keys[key])(value)
+        elif key in model_keys and key not in ("role", "net"):
+            model[key] = value
+        else:
+            raise ConfigError(
+                f"unknown key {stage}.{key}; keys: {', '.join(sorted([*keys, *(model_keys - {'role', 'net'})]))}, "
+                "net.<network key>"
+            )
+    return config, model, keys
+
+
+def _build(stage: str, model: dict[str, Any], sizes: dict[str, Any]) -> Any:
+    from dalle2.models.decoder import DiffusionConfig, ImageDiffusion
+
+    spec = copy.deepcopy(model)
+    spec["net"] = {**spec.get("net", {}), **sizes.pop("net", {})}
+    try:
+        return ImageDiffusion(DiffusionConfig.from_dict({**spec, **sizes, "role": stage}))
+    except (TypeError, ValueError) as error:
+        raise ImageStageError(f"invalid {stage} section: {error}") from None
+
+
+def _load_clip(out: Path) -> Any:
+    from dalle2.models.clip import ClipModel
+
+    folder = out / "clip"
+    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+        raise ImageStageError(
+            f"{folder}: no trained CLIP in this pipeline folder; the decoder needs one: "
+            f"run `dalle2 train clip --out {out}` first"
+        )
+    return ClipModel.load(folder).requires_grad_(False).eval()
+
+
+def _trackers(opts: dict[str, Any]) -> Any:
+    log_with = opts.get("log_with", ("tensorboard",))
+    if log_with == ("tensorboard",):
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            return None
+    return log_with
+
+
+# -- decoder -----------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _clip_condition(clip: Any, images: torch.Tensor, captions: list[str]) -> dict[str, torch.Tensor]:
+    _, hidden, mask = clip.encode_prompts(captions)
+    return {"image_embed": clip.encode_image(images), "text_tokens": hidden.float(), "text_mask": mask.bool()}
+
+
+@torch.no_grad()
+def evaluate_decoder(decoder: Any, clip: Any, images: torch.Tensor, captions: list[str], seed: int = 0) -> dict:
+    """Cosine of CLIP(decoded image) with the z_i it was decoded from, against unrelated pairs."""
+    images = images.to(next(decoder.parameters()).device)  # the models may sit on the accelerator
+    cond = _clip_condition(clip, images, captions)
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(images.shape, generator=g).to(images)
+    decoded = decoder.sample(noise, generator=g, **cond)
+    z = cond["image_embed"]
+    z_dec = clip.encode_image(decoded)
+    return {
+        "decoded_vs_source": round(F.cosine_similarity(z_dec, z).mean().item(), 4),
+        "unrelated_pairs": round(F.cosine_similarity(z_dec, z.roll(1, 0)).mean().item(), 4),
+        "real_image_pixels_mse": round(F.mse_loss(decoded, images).item(), 4),
+        "samples": int(images.shape[0]),
+        "sample_steps": decoder.config.sample_steps,
+        "guidance_scale": decoder.config.guidance_scale,
+    }
+
+
+def train_decoder(args: argparse.Namespace | dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Run the decoder stage (keys as :func:`dalle2.stages.prior_stage.train_prior`). Returns the report."""
+    opts = stage_options(args, kwargs)
+    if not opts.get("out"):
+        raise ImageStageError("the decoder stage needs the pipeline folder (--out DIR) holding a trained CLIP")
+    log = printer(bool(opts.get("quiet")))
+    out = Path(opts["out"])
+    config, model_spec, keys = _resolve("decoder", opts)
+    clip = _load_clip(out)
+    from dalle2.data import open_dataset
+
+    resolution = clip.image_size if clip.source == "trained" else config.data.resolution
+    dataset = open_dataset(config.data.dataset, split="train", resolution=resolution, seed=config.data.seed)
+    test = open_dataset(config.data.dataset, split="test", resolution=resolution, seed=0, length=keys["eval_samples"])
+    width = _text_width(clip)
+    sizes = {"net": {"image_size": resolution, "embed_dim": clip.config["embed_dim"], "context_dim": width}}
+    torch.manual_seed(config.train.seed)
+    decoder = _build("decoder", model_spec, sizes)
+    log(config.to_yaml() + yaml.safe_dump({"decoder": {**decoder.config.to_dict(), **keys}}, sort_keys=False).rstrip())
+    n_params = sum(p.numel() for p in decoder.parameters())
+    log(f"decoder: {decoder.config.arch}, {n_params / 1e6:.2f}M parameters, {resolution}x{resolution}")
+
+    preview = [test[i] for i in range(min(8, len(test)))]
+    preview_images = torch.stack([s["image"] for s in preview])
+    preview_captions = [s["caption"] for s in preview]
+
+    def loss_fn(m: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        images = batch["image"]
+        cond = _clip_condition(clip, images, batch["caption"])
+        return decoder.loss(m, images, **cond)
+
+    def sample_fn(ema: Any, step: int) -> torch.Tensor:
+        images = preview_images.to(next(ema.parameters()).device)
+        cond = _clip_condition(clip, images, preview_captions)
+        g = torch.Generator().manual_seed(0)
+        decoded = ema.sample(torch.randn(images.shape, generator=g).to(images), generator=g, **cond)
+        return _pils(torch.cat([images, decoded]))
+
+    start = time.monotonic()
+    info = _train("decoder", decoder, loss_fn, dataset, config, keys, out, opts, sample_fn, clip)
+    ema = info.pop("ema_model")
+    log(
+        f"trained {info['step']} steps in {info['wall_seconds']:.0f} s "
+        f"({info['stop_reason']}, final loss {info['final_loss']})"
+    )
+    folder = out / "decoder"
+    if info.pop("is_main"):
+        ema.save_pretrained(folder)
+    images = torch.stack([test[i]["image"] for i in range(len(test))])
+    captions = [test[i]["caption"] for i in range(len(test))]
+    report = {
+        "dataset": config.data.dataset,
+        "consistency": evaluate_decoder(ema.eval(), clip, images, captions),
+        "parameters": n_params,
+        "train": info,
+        "wall_seconds": round(time.monotonic() - start, 1),
+    }
+    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    _index(out, "decoder", ema, config)
+    c = report["consistency"]
+    log(
+        f"decoder on {c['samples']} held-out images: cos(CLIP(decoded), z_i) {c['decoded_vs_source']:.3f}, "
+        f"unrelated pairs {c['unrelated_pairs']:.3f}"
+    )
+    log(f"wrote {folder} and {out / 'model_index.json'}")
+    return report
+
+
+def _text_width(clip: Any) -> int:
+    _, hidden, _ = clip.encode_prompts(["a"])
+    return int(hidden.shape[-1])
+
+
+# -- upsampler ---------------------------------------------------------------------------------------
+
+
+def _crop_pairs(images: torch.Tensor, factor: int, crop: int, generator: torch.Generator | None = None):
+    """Random aligned crops of high-res images and their area-downsampled low-res counterparts."""
+    b, _, h, _ = images.shape
+    if crop >= h:
+        hi = images
+    else:
+        cells = (h - crop) // factor + 1
+        ys = torch.randint(0, cells, (b,), generator=generator) * factor
+        xs = torch.randint(0, cells, (b,), generator=generator) * factor
+        pairs = zip(images, ys.tolist(), xs.tolist(), strict=True)
+        hi = torch.stack([img[:, y : y + crop, x : x + crop] for img, y, x in pairs])
+    return hi, F.avg_pool2d(hi, factor)
+
+
+@torch.no_grad()
+def evaluate_upsampler(upsampler: Any, images: torch.Tensor, seed: int = 0) -> dict[str, Any]:
+    factor = upsampler.image_size // upsampler.config.low_res_size
+    images = images.to(next(upsampler.parameters()).device)  # the model may sit on the accelerator
+    low = F.avg_pool2d(images, factor)
+    g = torch.Generator().manual_seed(seed)
+    up = upsampler.sample(torch.randn(images.shape, generator=g).to(images), low_res=low, generator=g)
+    bicubic = F.interpolate(low, scale_factor=factor, mode="bicubic", align_corners=False).clamp(-1, 1)
+
+    def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+        mse = F.mse_loss((a + 1) / 2, (b + 1) / 2).item()
+        return round(10 * math.log10(1 / max(mse, 1e-10)), 2)
+
+    return {
+        "psnr_upsampler": psnr(up, images),
+        "psnr_bicubic": psnr(bicubic, images),
+        "samples": int(images.shape[0]),
+        "sample_steps": upsampler.config.sample_steps,
+    }
+
+
+def train_upsampler(args: argparse.Namespace | dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Run the upsampler stage (keys as :func:`train_decoder`; needs no CLIP). Returns the report."""
+    opts = stage_options(args, kwargs)
+    if not opts.get("out"):
+        raise ImageStageError("the upsampler stage needs the pipeline folder (--out DIR)")
+    log = printer(bool(opts.get("quiet")))
+    out = Path(opts["out"])
+    config, model_spec, keys = _resolve("upsampler", opts)
+    low, high = config.data.resolution, config.data.output_resolution
+    if high == low:
+        raise ImageStageError(f"data.output_resolution ({high}) equals data.resolution: nothing to upsample")
+    if high % low:
+        raise ImageStageError(f"data.output_resolution ({high}) must be a multiple of data.resolution ({low})")
+    from dalle2.data import open_dataset
+
+    dataset = open_dataset(config.data.dataset, split="train", resolution=high, seed=config.data.seed)
+    test = open_dataset(config.data.dataset, split="test", resolution=high, seed=0, length=keys["eval_samples"])
+    factor = high // low
+    crop = max(high // 2, factor * 8)
+    sizes = {"net": {"image_size": high, "low_res_channels": 3, "noise_level_embedding": True}, "low_res_size": low}
+    torch.manual_seed(config.train.seed)
+    upsampler = _build("upsampler", model_spec, sizes)
+    resolved = yaml.safe_dump({"upsampler": {**upsampler.config.to_dict(), **keys}}, sort_keys=False)
+    log(config.to_yaml() + resolved.rstrip())
+    n_params = sum(p.numel() for p in upsampler.parameters())
+    log(f"upsampler: {low} -> {high}, {n_params / 1e6:.2f}M parameters, trained on {crop}x{crop} crops")
+    preview = torch.stack([test[i]["image"] for i in range(min(8, len(test)))])
+
+    def loss_fn(m: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        hi, lo = _crop_pairs(batch["image"], factor, crop)
+        return upsampler.loss(m, hi, low_res=lo)
+
+    def sample_fn(ema: Any, step: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(0)
+        images = preview.to(next(ema.parameters()).device)
+        noise = torch.randn(images.shape, generator=g).to(images)
+        up = ema.sample(noise, low_res=F.avg_pool2d(images, factor), generator=g)
+        return _pils(torch.cat([images, up]))
+
+    start = time.monotonic()
+    info = _train("upsampler", upsampler, loss_fn, dataset, config, keys, out, opts, sample_fn, None)
+    ema = info.pop("ema_model")
+    log(
+        f"trained {info['step']} steps in {info['wall_seconds']:.0f} s "
+        f"({info['stop_reason']}, final loss {info['final_loss']})"
+    )
+    folder = out / "upsampler"
+    if info.pop("is_main"):
+        ema.save_pretrained(folder)
+    images = torch.stack([test[i]["image"] for i in range(len(test))])
+    report = {
+        "dataset": config.data.dataset,
+        "quality": evaluate_upsampler(ema.eval(), images),
+        "parameters": n_params,
+        "train": info,
+        "wall_seconds": round(time.monotonic() - start, 1),
+    }
+    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    _index(out, "upsampler", ema, config)
+    q = report["quality"]
+    log(f"upsampler on {q['samples']} held-out images: PSNR {q['psnr_upsampler']} dB (bicubic {q['psnr_bicubic']} dB)")
+    log(f"wrote {folder} and {out / 'model_index.json'}")
+    return report
+
+
+# -- shared ------------------------------------------------------------------------------------------
+
+
+def _pils(images: torch.Tensor) -> list[Any]:
+    from dalle2.data.base import tensor_to_pil
+
+    return [tensor_to_pil(x) for x in images]
+
+
+def _index(out: Path, stage: str, model: Any, config: Any) -> None:
+    from dalle2.stages.clip_stage import write_model_index
+
+    entry = {"folder": stage, "arch": model.config.arch, "image_size": model.image_size}
+    extra = {"dataset": config.data.dataset}
+    write_model_index(out, stage, entry, extra)
+    index_path = out / "model_index.json"
+    index = json.loads(index_path.read_text())
+    sizes = sorted({c.get("image_size") for c in index["components"].values() if c.get("image_size")})
+    index["resolutions"] = sizes
+    tmp = index_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(index, indent=2) + "\n")
+    tmp.replace(index_path)
+
+
+def _train(stage, model, loss_fn, dataset, config, keys, out, opts, sample_fn, clip) -> dict[str, Any]:
+    from dalle2.training.trainer import Trainer
+
+    trainer = Trainer(
+        model,
+        loss_fn,
+        dataset,
+        config.train,
+        out / "training" / stage,
+        ema_decay=keys["ema_decay"],
+        log_with=_trackers(opts),
+        stage_name=stage,
+        sample_fn=sample_fn,
+        run_config={**config.to_dict(), stage: {**model.config.to_dict(), **keys}},
+        progress=bool(opts.get("progress", True)) and not opts.get("quiet"),
+    )
+    if clip is not None:
+        clip.to(trainer.accelerator.device)
+    result = trainer.train(resume=bool(opts.get("resume")))
+    return {
+        "step": result.step,
+        "steps_this_run": result.steps_this_run,
+        "wall_seconds": round(result.wall_seconds, 1),
+        "samples_per_second": round(result.samples_per_second, 1),
+        "final_loss": result.final_loss,
+        "stop_reason": result.stop_reason,
+        "ema_model": trainer.ema_model,
+        "is_main": trainer.accelerator.is_main_process,
+    }

@@ -1,0 +1,401 @@
+"""The unCLIP text-to-image pipeline: prompt -> CLIP text encoder -> prior -> decoder -> upsampler -> image.
+
+Opened by ``dalle2.load(folder)`` for folders whose ``model_index.json`` says ``"kind": "unclip"``. Besides
+generation it has the paper's image features (Ramesh et al. 2022, section 3):
+
+* ``vary(image)``: decode the image's own CLIP embedding z_i with fresh noise (stochastic DDIM, eta 1);
+* ``interpolate(a, b)``: slerp between two images' z_i, decoded from one shared noise;
+* ``text_diff(image, from_text, to_text)``: rotate z_i towards the normalised text difference
+  z_d = norm(z_t(to) - z_t(from)) by slerp, theta from 0 to ``max_theta`` (paper: 0.5);
+* ``edit(image, mask, prompt)``: inpainting; the decoder (and upsampler) replace the kept pixels by the
+  original noised to the current step at every step, and the kept pixels are copied back at the end, so
+  they are identical to the input (at the output resolution).
+
+Every method is reproducible from ``seed``; all return PIL images at the output resolution.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from dalle2.pipeline import PipelineError, register
+
+__all__ = ["UnclipPipeline", "slerp"]
+
+MAX_PROMPT_CHARS = 1000
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation between (rows of) a and b; returns unit vectors."""
+    a, b = F.normalize(a.float(), dim=-1), F.normalize(b.float(), dim=-1)
+    omega = torch.arccos((a * b).sum(-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7))
+    so = torch.sin(omega)
+    out = (torch.sin((1 - t) * omega) / so) * a + (torch.sin(t * omega) / so) * b
+    return F.normalize(out, dim=-1)
+
+
+def _check_prompts(prompts: str | Sequence[str]) -> list[str]:
+    items = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not items:
+        raise PipelineError("no prompts given")
+    for p in items:
+        if not isinstance(p, str) or not p.strip():
+            raise PipelineError("empty prompt: give a description such as 'a red circle above a blue square'")
+        if len(p) > MAX_PROMPT_CHARS:
+            raise PipelineError(f"prompt of {len(p)} characters; the limit is {MAX_PROMPT_CHARS}")
+    return items
+
+
+def _check_count(name: str, value: int, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise PipelineError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+
+
+class UnclipPipeline:
+    """See the module docstring. Build with :meth:`from_folder` (or ``dalle2.load``)."""
+
+    kind = "unclip"
+
+    def __init__(self, folder: Path, index: dict[str, Any], clip, prior, decoder, upsampler=None) -> None:
+        self.folder = Path(folder)
+        self.index = index
+        self.clip, self.prior, self.decoder, self.upsampler = clip, prior, decoder, upsampler
+        self.base_resolution = decoder.image_size
+        self.resolution = upsampler.image_size if upsampler is not None else decoder.image_size
+        self.device = torch.device("cpu")
+        self.timings: dict[str, float] = {}
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, index: dict[str, Any] | None = None) -> UnclipPipeline:
+        from dalle2.models.clip import ClipModel
+        from dalle2.models.decoder import ImageDiffusion
+        from dalle2.models.prior import DiffusionPrior
+        from dalle2.pipeline import read_index
+
+        folder = Path(folder)
+        index = index or read_index(folder)
+        components = index.get("components", {})
+        missing = [c for c in ("clip", "prior", "decoder") if c not in components or not (folder / c).is_dir()]
+        if missing:
+            step = {"clip": "clip", "prior": "prior", "decoder": "decoder"}[missing[0]]
+            raise PipelineError(
+                f"{folder}: the unCLIP pipeline is missing {', '.join(missing)}; "
+                f"train it with `dalle2 train {step} --out {folder}` (or `dalle2 train all`)"
+            )
+        try:
+            clip = ClipModel.load(folder / "clip").requires_grad_(False).eval()
+            prior = DiffusionPrior.from_pretrained(folder / "prior").eval()
+            decoder = ImageDiffusion.from_pretrained(folder / "decoder").eval()
+            upsampler = None
+            if "upsampler" in components and (folder / "upsampler").is_dir():
+                upsampler = ImageDiffusion.from_pretrained(folder / "upsampler").eval()
+        except (ValueError, FileNotFoundError) as error:
+            raise PipelineError(str(error)) from None
+        return cls(folder, index, clip, prior, decoder, upsampler)
+
+    def to(self, device: str | torch.device) -> UnclipPipeline:
+        self.device = torch.device(device)
+        for m in (self.clip, self.prior, self.decoder, self.upsampler):
+            if m is not None:
+                m.to(self.device)
+        return self
+
+    # -- settings ------------------------------------------------------------------------------------
+
+    def settings(self) -> dict[str, Any]:
+        d, p = self.decoder.config, self.prior.config
+        out = {
+            "kind": self.kind,
+            "resolution": self.resolution,
+            "prior": {"sampler": p.sampler, "steps": p.sample_steps, "guidance": p.guidance_scale,
+                      "candidates": p.num_candidates},
+            "decoder": {"sampler": d.sampler, "steps": d.sample_steps, "guidance": d.guidance_scale},
+        }  # fmt: skip
+        if self.upsampler is not None:
+            u = self.upsampler.config
+            out["upsampler"] = {"sampler": u.sampler, "steps": u.sample_steps, "noise_level": u.sample_aug_level}
+        return out
+
+    # -- building blocks -----------------------------------------------------------------------------
+
+    def _generator(self, seed: int) -> torch.Generator:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise PipelineError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
+        return torch.Generator().manual_seed(seed)
+
+    def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        emb, hidden, mask = self.clip.encode_prompts(prompts)
+        return emb.float(), hidden.float(), mask.bool()
+
+    @torch.no_grad()
+    def encode_images(self, images: Sequence[Image.Image | str | Path]) -> torch.Tensor:
+        """CLIP image embeddings (B, D) of images (resized to the CLIP's input)."""
+        return self.clip.encode_image(self.images_to_tensor(images, self.clip.image_size).to(self.device))
+
+    @staticmethod
+    def images_to_tensor(images: Sequence[Image.Image | str | Path], size: int) -> torch.Tensor:
+        from dalle2.data.base import pil_to_tensor, resize_center_crop
+
+        out = []
+        for item in images:
+            image = open_image(item) if not isinstance(item, Image.Image) else item
+            out.append(pil_to_tensor(resize_center_crop(image.convert("RGB"), size)))
+        return torch.stack(out)
+
+    def _decode(
+        self,
+        image_embed: torch.Tensor,
+        generator: torch.Generator,
+        text: tuple[torch.Tensor, torch.Tensor] | None = None,
+        noise: torch.Tensor | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        sampler: str | None = None,
+        eta: float | None = None,
+        inpaint: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        b, r = image_embed.shape[0], self.base_resolution
+        start = time.monotonic()
+        if noise is None:
+            noise = torch.randn(b, 3, r, r, generator=generator)
+        kwargs: dict[str, Any] = {}
+        if text is not None:
+            kwargs = {"text_tokens": text[0].to(self.device), "text_mask": text[1].to(self.device)}
+        x = self.decoder.sample(
+            noise.to(self.device), image_embed=image_embed.to(self.device), steps=steps, guidance_scale=guidance,
+            sampler=sampler, eta=eta, generator=generator, inpaint=inpaint, **kwargs,
+        )  # fmt: skip
+        self._tick("decoder", start)
+        return x
+
+    def _upsample(self, x: torch.Tensor, generator: torch.Generator, inpaint=None) -> torch.Tensor:
+        if self.upsampler is None:
+            return x
+        start = time.monotonic()
+        r = self.upsampler.image_size
+        noise = torch.randn(x.shape[0], 3, r, r, generator=generator).to(self.device)
+        out = self.upsampler.sample(noise, low_res=x, generator=generator, inpaint=inpaint)
+        self._tick("upsampler", start)
+        return out
+
+    def _tick(self, stage: str, start: float) -> None:
+        self.timings[stage] = self.timings.get(stage, 0.0) + time.monotonic() - start
+
+    @staticmethod
+    def to_pil(x: torch.Tensor) -> list[Image.Image]:
+        from dalle2.data.base import tensor_to_pil
+
+        return [tensor_to_pil(img) for img in x]
+
+    # -- text to image -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompts: str | list[str],
+        n: int = 1,
+        seed: int = 0,
+        *,
+        steps: int | None = None,
+        guidance: float | None = None,
+        sampler: str | None = None,
+        prior_steps: int | None = None,
+        prior_guidance: float | None = None,
+        batch_size: int = 64,
+        progress: Any = None,
+    ) -> list[Image.Image]:
+        """``n`` images per prompt (prompt-major) at the output resolution, reproducible from ``seed``.
+        ``progress``: an object with ``update(k)`` (e.g. a tqdm bar) called per finished image."""
+        items = _check_prompts(prompts)
+        _check_count("n", n, 1, 10_000)
+        _check_count("batch_size", batch_size, 1, 4096)
+        self._check_steps(steps, prior_steps, guidance)
+        self._check_steps(None, None, prior_guidance)
+        rows = [p for p in items for _ in range(n)]
+        images: list[Image.Image] = []
+        g = self._generator(seed)
+        for i in range(0, len(rows), batch_size):
+            chunk = rows[i : i + batch_size]
+            start = time.monotonic()
+            z_t, hidden, mask = self.encode_text(chunk)
+            self._tick("clip", start)
+            start = time.monotonic()
+            z_i = self.prior.sample(z_t, hidden, mask, steps=prior_steps, guidance_scale=prior_guidance, generator=g)
+            self._tick("prior", start)
+            x = self._decode(z_i, g, (hidden, mask), steps=steps, guidance=guidance, sampler=sampler)
+            images.extend(self.to_pil(self._upsample(x, g)))
+            if progress is not None:
+                progress.update(len(chunk))
+        return images
+
+    def _check_steps(self, steps: int | None, prior_steps: int | None = None, guidance: float | None = None) -> None:
+        for name, value in (("steps", steps), ("prior steps", prior_steps)):
+            if value is not None:
+                _check_count(name, value, 1, 1000)
+        if guidance is not None and not 0 <= guidance <= 100:
+            raise PipelineError(f"guidance must be between 0 and 100, got {guidance}")
+
+    # -- image features ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def vary(
+        self,
+        image: Image.Image | str | Path,
+        n: int = 4,
+        seed: int = 0,
+        *,
+        steps: int | None = None,
+        guidance: float | None = None,
+        eta: float = 1.0,
+    ) -> list[Image.Image]:
+        """``n`` variations of ``image``: its z_i decoded with fresh noise (stochastic DDIM)."""
+        _check_count("n", n, 1, 1000)
+        self._check_steps(steps, None, guidance)
+        z = self.encode_images([image]).repeat(n, 1)
+        g = self._generator(seed)
+        x = self._decode(z, g, steps=steps, guidance=guidance, sampler="ddim", eta=eta)
+        return self.to_pil(self._upsample(x, g))
+
+    @torch.no_grad()
+    def interpolate(
+        self,
+        a: Image.Image | str | Path,
+        b: Image.Image | str | Path,
+        steps: int = 8,
+        seed: int = 0,
+        *,
+        sample_steps: int | None = None,
+        guidance: float | None = None,
+    ) -> list[Image.Image]:
+        """``steps`` images along the slerp from a's z_i to b's, all decoded from the same noise."""
+        _check_count("steps", steps, 2, 64)
+        self._check_steps(sample_steps)
+        za, zb = self.encode_images([a, b])
+        z = torch.stack([slerp(za, zb, t) for t in np.linspace(0.0, 1.0, steps)])
+        return self._from_shared_noise(z, seed, sample_steps, guidance)
+
+    @torch.no_grad()
+    def text_diff(
+        self,
+        image: Image.Image | str | Path,
+        from_text: str,
+        to_text: str,
+        steps: int = 6,
+        seed: int = 0,
+        *,
+        max_theta: float = 0.5,
+        sample_steps: int | None = None,
+        guidance: float | None = None,
+    ) -> list[Image.Image]:
+        """The paper's text diffs: z_i rotated towards norm(z_t(to) - z_t(from)), theta 0..max_theta."""
+        _check_prompts([from_text, to_text])
+        _check_count("steps", steps, 2, 64)
+        if not 0 < max_theta <= 1:
+            raise PipelineError(f"max_theta must be in (0, 1], got {max_theta}")
+        self._check_steps(sample_steps)
+        z_i = self.encode_images([image])[0]
+        z_t, _, _ = self.encode_text([from_text, to_text])
+        z_d = F.normalize(z_t[1] - z_t[0], dim=-1)
+        z = torch.stack([slerp(z_i, z_d, t) for t in np.linspace(0.0, max_theta, steps)])
+        return self._from_shared_noise(z, seed, sample_steps, guidance)
+
+    def _from_shared_noise(self, z: torch.Tensor, seed: int, steps: int | None, guidance: float | None):
+        g = self._generator(seed)
+        r = self.base_resolution
+        noise = torch.randn(1, 3, r, r, generator=g).expand(z.shape[0], -1, -1, -1).contiguous()
+        x = self._decode(z, g, noise=noise, steps=steps, guidance=guidance, sampler="ddim", eta=0.0)
+        if self.upsampler is None:
+            return self.to_pil(x)
+        ru = self.upsampler.image_size
+        up_noise = torch.randn(1, 3, ru, ru, generator=g).expand(z.shape[0], -1, -1, -1).contiguous()
+        start = time.monotonic()
+        out = self.upsampler.sample(up_noise, low_res=x, generator=g, sampler="ddim", eta=0.0)
+        self._tick("upsampler", start)
+        return self.to_pil(out)
+
+    @torch.no_grad()
+    def edit(
+        self,
+        image: Image.Image | str | Path,
+        mask: Image.Image | str | Path,
+        prompt: str,
+        n: int = 1,
+        seed: int = 0,
+        *,
+        steps: int | None = None,
+        guidance: float | None = None,
+    ) -> list[Image.Image]:
+        """Inpaint: regenerate the masked region from ``prompt``; the rest is kept exactly.
+
+        Mask: an image of the same size as ``image``; with an alpha channel, fully transparent pixels
+        are edited (the OpenAI convention); without one, white (luminance >= 128) pixels are edited.
+        The image is resized to the output resolution first (square images only keep every pixel)."""
+        (prompt,) = _check_prompts([prompt])
+        _check_count("n", n, 1, 1000)
+        self._check_steps(steps)
+        img = open_image(image) if not isinstance(image, Image.Image) else image
+        msk = open_image(mask) if not isinstance(mask, Image.Image) else mask
+        if img.size != msk.size:
+            raise PipelineError(f"the mask is {msk.size[0]}x{msk.size[1]} but the image is {img.size[0]}x{img.size[1]}")
+        if img.size[0] != img.size[1]:  # the image is centre-cropped to a square: crop the mask alike
+            w, h = img.size
+            side = min(w, h)
+            box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
+            img, msk = img.crop(box), msk.crop(box)
+        edit_region = mask_to_edit_region(msk)  # (H, W) float, 1 = edit
+        if edit_region.sum() == 0:
+            raise PipelineError("the mask marks nothing to edit (no transparent / white pixels)")
+        out_r, base_r = self.resolution, self.base_resolution
+        known_hi = self.images_to_tensor([img], out_r).repeat(n, 1, 1, 1)
+        region = torch.from_numpy(edit_region)[None, None]
+        keep_hi = 1 - (F.interpolate(region, size=(out_r, out_r), mode="area") > 0.0).float()  # any edited -> edit
+        keep_lo = 1 - (F.interpolate(region, size=(base_r, base_r), mode="area") > 0.0).float()
+        known_lo = F.interpolate(known_hi, size=(base_r, base_r), mode="area")
+        g = self._generator(seed)
+        z_t, hidden, mask_t = self.encode_text([prompt] * n)
+        z_i = self.prior.sample(z_t, hidden, mask_t, generator=g)
+        x = self._decode(z_i, g, (hidden, mask_t), steps=steps, guidance=guidance, inpaint=(known_lo, keep_lo))
+        if self.upsampler is not None:
+            x = self._upsample(x, g, inpaint=(known_hi, keep_hi.expand_as(known_hi)))
+        x = keep_hi * known_hi + (1 - keep_hi) * x  # kept pixels exactly as given
+        return self.to_pil(x)
+
+
+def open_image(path: str | Path | Image.Image) -> Image.Image:
+    """Open an image file with clear errors (missing, not an image, decompression bomb)."""
+    if isinstance(path, Image.Image):
+        return path
+    p = Path(path)
+    if not p.is_file():
+        raise PipelineError(f"image not found: {p}")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            return im.copy()
+    except Image.DecompressionBombError:
+        raise PipelineError(f"{p}: image too large") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise PipelineError(f"{p}: not a readable image ({error})") from None
+
+
+def mask_to_edit_region(mask: Image.Image) -> np.ndarray:
+    """(H, W) float32, 1 where the image is to be edited (see :meth:`UnclipPipeline.edit`)."""
+    if mask.mode in ("RGBA", "LA") or (mask.mode == "P" and "transparency" in mask.info):
+        alpha = np.asarray(mask.convert("RGBA"))[..., 3]
+        return (alpha == 0).astype(np.float32)
+    return (np.asarray(mask.convert("L")) >= 128).astype(np.float32)
+
+
+def _load(folder: Path, index: dict[str, Any]) -> UnclipPipeline:
+    return UnclipPipeline.from_folder(folder, index)
+
+
+register("unclip", _load)

@@ -1,0 +1,380 @@
+"""ImageDiffusion (decoder and upsampler): guidance semantics on every conditioning path, the training
+loss's condition dropping, sampling (guided pass, upsampling, inpainting) and save / load errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dalle2.models.decoder import DiffusionConfig, ImageDiffusion, blur
+
+EMBED, WIDTH, SIZE = 8, 12, 16
+
+
+def _net(arch: str) -> dict:
+    net = {"image_size": SIZE, "embed_dim": EMBED, "context_dim": WIDTH}
+    if arch == "transformer":
+        return {**net, "width": 32, "depth": 2, "heads": 2, "patch_size": 4}
+    return {**net, "channels": [16, 32], "attention": [False, True], "head_dim": 8}
+
+
+def _decoder(arch: str = "transformer", randomize: bool = False, **over) -> ImageDiffusion:
+    torch.manual_seed(0)
+    model = ImageDiffusion(DiffusionConfig(arch=arch, net=_net(arch), sample_steps=3, **over)).eval()
+    if randomize:  # the output layers start at zero: without this every output is 0 whatever the input
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model
+
+
+def _upsampler(**over) -> ImageDiffusion:
+    torch.manual_seed(0)
+    net = {
+        "image_size": SIZE,
+        "channels": [16, 32],
+        "attention": [False, False],
+        "low_res_channels": 3,
+        "noise_level_embedding": True,
+    }
+    config = DiffusionConfig(role="upsampler", arch="unet", net=net, low_res_size=SIZE // 2, sample_steps=3, **over)
+    return ImageDiffusion(config).eval()
+
+
+def _cond(b: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(b, 5, dtype=torch.bool)
+    mask[0, 3:] = False
+    return {
+        "image_embed": torch.randn(b, EMBED, generator=g),
+        "text_tokens": torch.randn(b, 5, WIDTH, generator=g),
+        "text_mask": mask,
+    }
+
+
+def _run(model: ImageDiffusion, cond: dict[str, torch.Tensor], **flags: torch.Tensor) -> torch.Tensor:
+    b = cond["image_embed"].shape[0]
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(b, 3, SIZE, SIZE, generator=g)
+    with torch.no_grad():
+        return model(x, torch.tensor([10, 500, 900])[:b], **cond, **flags)
+
+
+def _rows_differ(a: torch.Tensor, b: torch.Tensor) -> list[bool]:
+    return [not torch.allclose(a[i], b[i], atol=1e-5) for i in range(a.shape[0])]
+
+
+# -- guidance semantics --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["transformer", "unet"])
+def test_drop_image_removes_image_embed_from_every_path(arch):
+    model = _decoder(arch, randomize=True)
+    cond = _cond(2)
+    other = {**cond, "image_embed": torch.randn(2, EMBED) * 3}
+    drop = {"drop_image": torch.tensor([True, False]), "drop_text": torch.tensor([False, False])}
+    a, b = _run(model, cond, **drop), _run(model, other, **drop)
+    assert _rows_differ(a, b) == [False, True]  # row 0 (dropped) ignores z_i entirely; row 1 uses it
+    torch.testing.assert_close(a[0], b[0], rtol=0, atol=1e-6)
+    # z_i enters twice (the adaptive norm's embedding and the extra context tokens): with either path
+    # alone the output depends on z_i, and the drop still removes it
+    for path in ("image_proj", "image_tokens"):
+        single = _decoder(arch, randomize=True)
+        with torch.no_grad():
+            layer = getattr(single.net, "image_tokens" if path == "image_proj" else "image_proj")
+            layer.weight.zero_()  # keep only `path`
+        a, b = _run(single, cond, **drop), _run(single, other, **drop)
+        assert _rows_differ(a, b) == [False, True], path
+
+
+@pytest.mark.parametrize("arch", ["transformer", "unet"])
+def test_drop_text_removes_caption(arch):
+    model = _decoder(arch, randomize=True)
+    cond = _cond(2)
+    other = {**cond, "text_tokens": torch.randn(2, 5, WIDTH) * 3, "text_mask": torch.ones(2, 5, dtype=torch.bool)}
+    drop = {"drop_image": torch.tensor([False, False]), "drop_text": torch.tensor([True, False])}
+    a, b = _run(model, cond, **drop), _run(model, other, **drop)
+    assert _rows_differ(a, b) == [False, True]
+    torch.testing.assert_close(a[0], b[0], rtol=0, atol=1e-6)
+    # padding is masked: changing only the padded caption positions of row 0 changes nothing
+    padded = {**cond, "text_tokens": cond["text_tokens"].clone()}
+    padded["text_tokens"][0, 3:] = 100.0
+    no_drop = {"drop_image": torch.tensor([False, False]), "drop_text": torch.tensor([False, False])}
+    torch.testing.assert_close(_run(model, cond, **no_drop), _run(model, padded, **no_drop), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["transformer", "unet"])
+def test_without_drop_every_condition_matters(arch):
+    model = _decoder(arch, randomize=True)
+    cond = _cond(3)
+    base = _run(model, cond)
+    assert all(_rows_differ(base, _run(model, {**cond, "image_embed": cond["image_embed"].roll(1, 0)})))
+    assert all(_rows_differ(base, _run(model, {**cond, "text_tokens": cond["text_tokens"] + 1.0})))
+    # both dropped: the output is the same for any condition (the unconditional model)
+    both = {"drop_image": torch.ones(3, dtype=torch.bool), "drop_text": torch.ones(3, dtype=torch.bool)}
+    other = _cond(3, seed=9)
+    torch.testing.assert_close(_run(model, cond, **both), _run(model, other, **both), rtol=0, atol=1e-6)
+
+
+class _Recorder(torch.nn.Module):
+    """Stands in for the (prepared) model in ImageDiffusion.loss: records what it is called with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]] = []
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
+        self.calls.append((x, t, cond))
+        return torch.zeros_like(x)
+
+
+def test_loss_drops_image_ten_and_caption_fifty_percent():
+    model = _decoder()
+    n = 4000
+    torch.manual_seed(0)
+    recorder = _Recorder()
+    x0 = torch.rand(n, 3, SIZE, SIZE) * 2 - 1
+    cond = {"image_embed": torch.randn(n, EMBED), "text_tokens": torch.zeros(n, 1, WIDTH)}
+    loss = model.loss(recorder, x0, **cond)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    ((x_t, t, seen),) = recorder.calls
+    image, text = seen["drop_image"].float(), seen["drop_text"].float()
+    assert 0.08 < image.mean().item() < 0.12, image.mean()
+    assert 0.46 < text.mean().item() < 0.54, text.mean()
+    assert 0.03 < (image * text).mean().item() < 0.07  # drawn independently: about 5% lose both
+    assert x_t.shape == x0.shape and t.min() >= 0 and t.max() < model.config.num_train_timesteps
+    assert torch.equal(seen["image_embed"], cond["image_embed"])  # zeroing is the network's job
+    # the rates follow the config
+    recorder = _Recorder()
+    _decoder(image_drop_prob=0.0, text_drop_prob=0.0).loss(recorder, x0[:100], **{k: v[:100] for k, v in cond.items()})
+    assert not recorder.calls[0][2]["drop_image"].any() and not recorder.calls[0][2]["drop_text"].any()
+
+
+def test_real_loss_backpropagates():
+    model = _decoder("unet").train()
+    cond = _cond(3)
+    loss = model.loss(model, torch.rand(3, 3, SIZE, SIZE) * 2 - 1, **cond)
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 0
+    assert model.net.conv_out.weight.grad.abs().sum() > 0
+
+
+def test_guided_sampling_unconditional_pass_sees_same_x_t_and_t():
+    model = _decoder(randomize=True)
+    calls = []
+
+    def hook(module, args, kwargs):
+        calls.append((args[0].clone(), args[1].clone(), {k: v.clone() for k, v in kwargs.items()}))
+
+    handle = model.net.register_forward_pre_hook(hook, with_kwargs=True)
+    cond = _cond(2)
+    noise = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    out = model.sample(noise, **cond, guidance_scale=3.0, steps=3)
+    handle.remove()
+    assert out.shape == noise.shape and out.abs().max() <= 1
+    assert len(calls) == 3  # one batched call (conditional + unconditional) per step
+    for x, t, kw in calls:
+        assert x.shape[0] == 4
+        assert torch.equal(x[:2], x[2:]), "the unconditional pass must see the same x_t"
+        assert torch.equal(t[:2], t[2:]), "the unconditional pass must see the same t"
+        assert not kw["drop_image"][:2].any() and not kw["drop_text"][:2].any()
+        assert kw["drop_image"][2:].all() and kw["drop_text"][2:].all()
+        assert torch.equal(kw["image_embed"][:2], cond["image_embed"])
+        assert torch.equal(kw["text_mask"][:2], cond["text_mask"])
+    # guidance scale 1: the conditional pass alone
+    calls.clear()
+    handle = model.net.register_forward_pre_hook(hook, with_kwargs=True)
+    model.sample(noise, **cond, guidance_scale=1.0, steps=2)
+    handle.remove()
+    assert len(calls) == 2 and all(x.shape[0] == 2 and not kw["drop_image"].any() for x, _, kw in calls)
+
+
+def test_guided_output_is_the_cfg_combination():
+    """One step with guidance s equals uncond + s * (cond - uncond), computed from two plain passes."""
+    model = _decoder(randomize=True, sampler="ddim")
+    cond = _cond(2)
+    noise = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    outs = {}
+    for scale in (0.0, 1.0, 2.5):
+        outs[scale] = model.sample(noise, **cond, guidance_scale=scale, steps=1)
+    # with one DDIM step to alpha_bar = 1, the sample is x0 (before clamping): linear in the model output
+    expected = (outs[0.0] + 2.5 * (outs[1.0] - outs[0.0])).clamp(-1, 1)
+    inside = (outs[0.0].abs() < 0.999) & (outs[1.0].abs() < 0.999) & (outs[2.5].abs() < 0.999)
+    assert inside.float().mean() > 0.05  # compare where no clamping happened
+    torch.testing.assert_close(outs[2.5][inside], expected[inside], rtol=1e-4, atol=1e-4)
+
+
+def test_sample_without_caption_and_errors():
+    model = _decoder(randomize=True)
+    noise = torch.randn(2, 3, SIZE, SIZE)
+    out = model.sample(noise, image_embed=torch.randn(2, EMBED), steps=2)
+    assert out.shape == noise.shape and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="needs image_embed"):
+        model.sample(noise)
+    with pytest.raises(ValueError, match="needs low_res"):
+        _upsampler().sample(noise)
+
+
+# -- upsampler -----------------------------------------------------------------------------------------
+
+
+def test_upsampler_loss_and_sample():
+    up = _upsampler().train()
+    hi = torch.rand(4, 3, SIZE, SIZE) * 2 - 1
+    low = torch.nn.functional.avg_pool2d(hi, 2)
+    recorder = _Recorder()
+    torch.manual_seed(0)
+    up.loss(recorder, hi, low_res=low)
+    ((_, _, seen),) = recorder.calls
+    assert set(seen) == {"low_res", "noise_level"}  # no caption, no drop flags
+    assert seen["low_res"].shape == low.shape and not torch.allclose(seen["low_res"], low)  # blurred and noised
+    assert 0 <= seen["noise_level"].min() and seen["noise_level"].max() < up.config.max_aug_level
+    loss = up.loss(up, hi, low_res=low)
+    loss.backward()
+    assert torch.isfinite(loss)
+    up.eval()
+    out = up.sample(torch.randn(2, 3, SIZE, SIZE), low_res=low[:2])
+    assert out.shape == (2, 3, SIZE, SIZE) and out.abs().max() <= 1
+    assert up.image_size == SIZE
+
+
+def test_upsampler_sampling_noises_low_res_at_the_sample_level():
+    up = _upsampler(sample_aug_level=37)
+    seen = []
+    handle = up.net.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["noise_level"].clone()), with_kwargs=True)
+    up.sample(torch.randn(2, 3, SIZE, SIZE), low_res=torch.zeros(2, 3, SIZE // 2, SIZE // 2), steps=2)
+    handle.remove()
+    assert len(seen) == 2 and all(torch.equal(s, torch.tensor([37, 37])) for s in seen)
+
+
+def test_corrupt_low_res_level_zero_is_nearly_identity():
+    up = _upsampler()
+    low = torch.rand(4, 3, 8, 8) * 2 - 1
+    g = torch.Generator().manual_seed(0)
+    same = up.corrupt_low_res(low, torch.zeros(4, dtype=torch.long), g)
+    assert (same - low).abs().max() < 0.05
+    noisy = up.corrupt_low_res(low, torch.full((4,), 900), g)
+    assert (noisy - low).abs().mean() > 0.5
+    # per-sample levels
+    mixed = up.corrupt_low_res(low, torch.tensor([0, 0, 900, 900]), g)
+    assert (mixed[:2] - low[:2]).abs().max() < 0.05 and (mixed[2:] - low[2:]).abs().mean() > 0.5
+
+
+def test_blur():
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(blur(x, torch.full((3,), 1e-4)), x)  # tiny sigma: identity
+    sigmas = torch.tensor([1e-4, 0.5, 2.0])
+    out = blur(x, sigmas)
+    variances = [out[i].var().item() for i in range(3)]
+    assert variances[0] > variances[1] > variances[2]  # more blur, less variance (per sample)
+    assert variances[2] < 0.3 * x[2].var().item()
+    const = torch.full((1, 3, 8, 8), 0.7)
+    torch.testing.assert_close(blur(const, torch.tensor([1.5])), const)  # normalised kernel keeps the mean
+
+
+# -- inpainting ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("role", ["decoder", "upsampler"])
+def test_inpainting_keeps_known_pixels_exactly(role):
+    model = _decoder(randomize=True) if role == "decoder" else _upsampler()
+    g = torch.Generator().manual_seed(0)
+    known = torch.rand(2, 3, SIZE, SIZE, generator=g) * 1.6 - 0.8
+    keep = torch.zeros(2, 1, SIZE, SIZE)
+    keep[:, :, :, : SIZE // 2] = 1  # keep the left half
+    cond = _cond(2) if role == "decoder" else {"low_res": torch.zeros(2, 3, SIZE // 2, SIZE // 2)}
+    seen = []
+    handle = model.net.register_forward_pre_hook(lambda m, a, kw: seen.append(a[0].clone()), with_kwargs=True)
+    out = model.sample(torch.randn(2, 3, SIZE, SIZE, generator=g), **cond, inpaint=(known, keep), steps=3)
+    handle.remove()
+    assert torch.equal(out[..., : SIZE // 2], known[..., : SIZE // 2])
+    assert not torch.allclose(out[..., SIZE // 2 :], known[..., SIZE // 2 :])
+    # the network saw the known region noised to the current step, not the sampler's own values there
+    last = seen[-1][:2]
+    assert (last[..., : SIZE // 2] - known[..., : SIZE // 2]).abs().mean() < 0.5
+
+
+# -- save / load ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["transformer", "unet", "upsampler"])
+def test_save_load_round_trip(kind, tmp_path):
+    model = _upsampler() if kind == "upsampler" else _decoder(kind, randomize=True, guidance_scale=2.0)
+    folder = model.save_pretrained(tmp_path / kind)
+    assert {p.name for p in folder.iterdir()} == {"config.json", "model.safetensors"}
+    meta = json.loads((folder / "config.json").read_text())
+    assert meta["format_version"] == 1 and meta["role"] == model.config.role
+    loaded = ImageDiffusion.from_pretrained(folder)
+    assert loaded.config == model.config and not loaded.training
+    noise = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    cond = _cond(2) if kind != "upsampler" else {"low_res": torch.rand(2, 3, SIZE // 2, SIZE // 2)}
+    a = model.sample(noise, **cond, generator=torch.Generator().manual_seed(1))
+    b = loaded.sample(noise, **cond, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+
+
+def _saved(tmp_path) -> tuple:
+    folder = _decoder().save_pretrained(tmp_path / "decoder")
+    return folder, json.loads((folder / "config.json").read_text())
+
+
+def test_load_future_format_version(tmp_path):
+    folder, meta = _saved(tmp_path)
+    (folder / "config.json").write_text(json.dumps({**meta, "format_version": 2}))
+    with pytest.raises(ValueError, match="format version 2; this dalle2 reads version 1"):
+        ImageDiffusion.from_pretrained(folder)
+
+
+def test_load_unknown_keys(tmp_path):
+    folder, meta = _saved(tmp_path)
+    (folder / "config.json").write_text(json.dumps({**meta, "bogus": 1}))
+    with pytest.raises(ValueError, match=r"config\.json: unknown keys: \['bogus'\]"):
+        ImageDiffusion.from_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps({**meta, "net": {**meta["net"], "channels": [8]}}))
+    with pytest.raises(ValueError, match=r"unknown transformer config keys: \['channels'\]"):
+        ImageDiffusion.from_pretrained(folder)
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        ImageDiffusion.from_pretrained(folder)
+
+
+def test_load_wrong_shaped_weights(tmp_path):
+    folder, meta = _saved(tmp_path)
+    (folder / "config.json").write_text(json.dumps({**meta, "net": {**meta["net"], "width": 48}}))
+    with pytest.raises(ValueError, match="model.safetensors does not match config.json .*size mismatch"):
+        ImageDiffusion.from_pretrained(folder)
+
+
+def test_load_corrupt_weights(tmp_path):
+    folder, _ = _saved(tmp_path)
+    (folder / "model.safetensors").write_bytes(b"\x00garbage" * 50)
+    with pytest.raises(ValueError, match=r"model\.safetensors: cannot be read"):
+        ImageDiffusion.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("missing", ["config.json", "model.safetensors"])
+def test_load_missing_files(tmp_path, missing):
+    folder, _ = _saved(tmp_path)
+    (folder / missing).unlink()
+    with pytest.raises(ValueError, match="missing config.json or model.safetensors"):
+        ImageDiffusion.from_pretrained(folder)
+    with pytest.raises(ValueError, match="missing config.json or model.safetensors"):
+        ImageDiffusion.from_pretrained(tmp_path / "nowhere")
+
+
+def test_bad_diffusion_configs():
+    with pytest.raises(ValueError, match="role must be decoder or upsampler"):
+        DiffusionConfig(role="prior")
+    with pytest.raises(ValueError, match="arch must be one of"):
+        DiffusionConfig(arch="mlp")
+    with pytest.raises(ValueError, match="an upsampler needs low_res_size"):
+        DiffusionConfig(role="upsampler", arch="unet")
+    with pytest.raises(ValueError, match="image_drop_prob and text_drop_prob"):
+        DiffusionConfig(text_drop_prob=1.0)
+    with pytest.raises(ValueError, match="sample_steps must be in"):
+        DiffusionConfig(sample_steps=0)
+    with pytest.raises(ValueError, match="unknown transformer config keys"):
+        DiffusionConfig(net={"depht": 2})

@@ -1,0 +1,127 @@
+"""The ``train decoder`` and ``train upsampler`` stages on the tiny preset, from the committed tiny CLIP + prior."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from dalle2.config import ConfigError
+from dalle2.models.decoder import ImageDiffusion
+from dalle2.stages.image_cli import register
+from dalle2.stages.image_stage import ImageStageError, train_decoder, train_upsampler
+
+FIXTURE = Path(__file__).parent / "fixtures" / "unclip-tiny"
+TINY = {"preset": "tiny", "data": "shapes", "log_with": None, "progress": False, "quiet": True}
+
+
+def _copy(where: Path) -> Path:
+    out = where / "pipe"
+    shutil.copytree(FIXTURE, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, dict, dict]:
+    out = _copy(tmp_path_factory.mktemp("image"))
+    decoder = train_decoder(out=str(out), **TINY)
+    upsampler = train_upsampler(out=str(out), **TINY)
+    return out, decoder, upsampler
+
+
+def test_decoder_writes_folder_report_and_index(trained):
+    out, report, _ = trained
+    for name in ("config.json", "model.safetensors", "report.json"):
+        assert (out / "decoder" / name).is_file(), name
+    assert (out / "training" / "decoder" / "checkpoints" / "step_00000004").is_dir()
+    saved = json.loads((out / "decoder" / "report.json").read_text())
+    assert saved["train"]["step"] == 4 == report["train"]["step"]
+    assert {"decoded_vs_source", "unrelated_pairs", "samples"} <= set(saved["consistency"])
+    assert saved["consistency"]["samples"] == 8  # the tiny preset's eval_samples
+    decoder = ImageDiffusion.from_pretrained(out / "decoder")
+    clip = json.loads((out / "clip" / "config.json").read_text())
+    assert decoder.config.role == "decoder" and decoder.config.arch == "transformer"
+    assert decoder.config.net["embed_dim"] == clip["embed_dim"]  # sizes come from the CLIP
+    assert decoder.image_size == 16  # the CLIP's resolution
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["components"]["decoder"] == {"folder": "decoder", "arch": "transformer", "image_size": 16}
+    assert {"clip", "prior", "tokenizer"} <= set(index["components"])  # kept
+
+
+def test_upsampler_writes_folder_report_and_index(trained):
+    out, _, report = trained
+    for name in ("config.json", "model.safetensors", "report.json"):
+        assert (out / "upsampler" / name).is_file(), name
+    up = ImageDiffusion.from_pretrained(out / "upsampler")
+    assert up.config.role == "upsampler" and up.config.arch == "unet"
+    assert up.image_size == 32 and up.config.low_res_size == 16  # tiny: data.resolution 16 -> 32
+    assert {"psnr_upsampler", "psnr_bicubic"} <= set(report["quality"])
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["components"]["upsampler"]["image_size"] == 32
+    assert index["resolutions"] == [16, 32]
+    out_image = up.sample(torch.randn(1, 3, 32, 32), low_res=torch.zeros(1, 3, 16, 16), steps=2)
+    assert out_image.shape == (1, 3, 32, 32)
+
+
+def test_resume_continues(trained):
+    out, _, _ = trained
+    report = train_decoder(out=str(out), max_steps=6, resume=True, **TINY)
+    assert report["train"]["step"] == 6 and report["train"]["steps_this_run"] == 2
+    report = train_upsampler(out=str(out), max_steps=6, resume=True, **TINY)
+    assert report["train"]["step"] == 6 and report["train"]["steps_this_run"] == 2
+
+
+def test_missing_clip_is_a_clear_error(tmp_path):
+    with pytest.raises(ImageStageError, match="dalle2 train clip --out"):
+        train_decoder(out=str(tmp_path / "empty"), **TINY)
+    with pytest.raises(ImageStageError, match="--out"):
+        train_decoder(**TINY)
+
+
+def test_bad_preset_and_keys(tmp_path):
+    out = tmp_path / "anywhere"  # configuration errors come before anything is loaded
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        train_decoder(out=str(out), **{**TINY, "preset": "huge"})
+    with pytest.raises(ConfigError, match="unknown key decoder.bogus"):
+        train_decoder(out=str(out), overrides=["decoder.bogus=1"], **TINY)
+    with pytest.raises(ConfigError, match="unknown key upsampler.bogus"):
+        train_upsampler(out=str(out), overrides=["upsampler.bogus=1"], **TINY)
+    with pytest.raises(ConfigError, match="decoder.ema_decay must be a number"):
+        train_decoder(out=str(out), overrides=["decoder.ema_decay=high"], **TINY)
+
+
+def test_upsampler_needs_a_larger_output_resolution(tmp_path):
+    with pytest.raises(ImageStageError, match=r"data.output_resolution \(16\) equals data.resolution"):
+        train_upsampler(out=str(tmp_path), overrides=["data.output_resolution=16"], **TINY)
+    with pytest.raises(ImageStageError, match="must be a multiple of data.resolution"):
+        train_upsampler(out=str(tmp_path), overrides=["data.output_resolution=24"], **TINY)
+
+
+def test_net_override_and_shared_yaml(tmp_path):
+    """``decoder.net.width`` reaches the saved config; a YAML holding every stage's section is fine."""
+    out = _copy(tmp_path)
+    shared = tmp_path / "all.yaml"
+    shared.write_text(
+        "train:\n  max_steps: 1\n"
+        "clip:\n  embed_dim: 999\n"
+        "prior:\n  pool_size: 5\n"
+        "upsampler:\n  net:\n    channels: [8]\n"
+        "decoder:\n  eval_samples: 2\n  net:\n    depth: 2\n"
+    )
+    report = train_decoder(out=str(out), config=str(shared), overrides=["decoder.net.width=48"], **TINY)
+    config = json.loads((out / "decoder" / "config.json").read_text())
+    assert config["net"]["width"] == 48 and config["net"]["depth"] == 2 and config["net"]["heads"] == 2
+    assert report["train"]["step"] == 1 and report["consistency"]["samples"] == 2
+
+
+def test_cli_registration():
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    for stage in ("decoder", "upsampler"):
+        args = parser.parse_args([stage, "--out", "D", "--preset", "tiny", "--max-steps", "3", "--set", "a.b=1"])
+        assert args.stage == stage and args.out == "D" and args.max_steps == 3 and args.overrides == ["a.b=1"]
+        assert callable(args.func)

@@ -1,0 +1,207 @@
+"""``dalle2 train all`` on the tiny preset: every stage in order from one shared YAML, a run killed in the
+decoder and resumed without retraining CLIP or prior, refusal of a used folder, --steps-scale, the eval step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dalle2.cli import main
+from dalle2.stages.all_stage import TrainAllError, run_eval, scaled_max_steps, stage_done, train_all
+from dalle2.training.checkpoint import latest_checkpoint, step_of
+from dalle2.training.trainer import Trainer
+
+TINY = {"preset": "tiny", "data": "shapes", "log_with": None, "progress": False, "quiet": True}
+# one YAML for every stage: each reads its own section and ignores the others'
+SHARED_YAML = """\
+train:
+  checkpoint_every: 2
+clip:
+  eval_samples: 8
+prior:
+  pool_size: 32
+  eval_samples: 8
+  sample_steps: 3
+decoder:
+  eval_samples: 4
+upsampler:
+  eval_samples: 4
+"""
+STAGE_FILES = [Path(s) / f for s in ("clip", "prior") for f in ("model.safetensors", "report.json", "config.json")]
+
+
+class Killed(Exception):
+    """Stands in for the process dying right after a checkpoint was written."""
+
+
+@pytest.fixture(scope="module")
+def shared_yaml(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("cfg") / "all.yaml"
+    path.write_text(SHARED_YAML)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def killed_then_resumed(tmp_path_factory, shared_yaml):
+    """Run 1 dies in the decoder right after its step-2 checkpoint; run 2 (--resume) finishes."""
+    out = tmp_path_factory.mktemp("all") / "pipe"
+    real_save = Trainer._save
+
+    def save_then_die(self: Trainer) -> Path:
+        path = real_save(self)
+        if self.stage_name == "decoder" and self.step == 2:
+            raise Killed(f"killed after writing {path}")
+        return path
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(Trainer, "_save", save_then_die)
+    try:
+        with pytest.raises(Killed):
+            train_all(out=str(out), config=shared_yaml, skip_eval=True, **TINY)
+    finally:
+        mp.undo()
+    first = json.loads((out / "train_all.json").read_text())
+    state = {
+        "first": first,
+        "mtimes": {f: (out / f).stat().st_mtime_ns for f in STAGE_FILES},
+        "decoder_checkpoint": step_of(latest_checkpoint(out / "training" / "decoder" / "checkpoints")),
+        "decoder_folder_after_kill": (out / "decoder").exists(),
+    }
+    summary = train_all(out=str(out), config=shared_yaml, skip_eval=True, resume=True, **TINY)
+    return out, state, summary
+
+
+def test_killed_run_records_what_finished(killed_then_resumed):
+    _, state, _ = killed_then_resumed
+    first = state["first"]
+    assert [s["stage"] for s in first["stages"]] == ["tokenizer", "clip", "prior"]
+    assert [s["status"] for s in first["stages"]] == ["trained", "trained", "trained"]
+    assert first["failed"]["stage"] == "decoder" and "Killed" in first["failed"]["error"]
+    assert state["decoder_checkpoint"] == 2 and not state["decoder_folder_after_kill"]
+
+
+def test_resume_skips_finished_stages_and_continues_the_rest(killed_then_resumed):
+    out, state, summary = killed_then_resumed
+    for f, mtime in state["mtimes"].items():  # clip and prior were not retrained
+        assert (out / f).stat().st_mtime_ns == mtime, f
+    stages = {s["stage"]: s for s in summary["stages"]}
+    assert [s["stage"] for s in summary["stages"]] == ["tokenizer", "clip", "prior", "decoder", "upsampler", "eval"]
+    assert stages["tokenizer"]["status"] == "reused"
+    assert stages["clip"]["status"] == stages["prior"]["status"] == "skipped"
+    assert stages["decoder"]["status"] == "resumed" and stages["decoder"]["steps"] == 4
+    decoder_report = json.loads((out / "decoder" / "report.json").read_text())
+    assert decoder_report["train"]["steps_this_run"] == 2  # continued from the step-2 checkpoint
+    assert stages["upsampler"]["status"] == "trained" and stages["upsampler"]["steps"] == 4
+    assert stages["eval"]["status"] == "skipped"
+    for name in ("clip", "prior", "decoder", "upsampler"):
+        assert stage_done(out, name)
+    index = json.loads((out / "model_index.json").read_text())
+    assert set(index["components"]) == {"tokenizer", "clip", "prior", "decoder", "upsampler"}
+    assert index["resolutions"] == [16, 32]
+    assert json.loads((out / "train_all.json").read_text()) == summary
+    assert "failed" not in summary
+
+
+def test_headlines_and_shared_yaml_sections(killed_then_resumed):
+    out, _, summary = killed_then_resumed
+    stages = {s["stage"]: s for s in summary["stages"]}
+    assert stages["clip"]["headline"]["metric"] == "text->image R@1"
+    assert stages["prior"]["headline"]["metric"] == "cos(prior z_i, true z_i)"
+    assert stages["decoder"]["headline"]["metric"] == "cos(CLIP(decoded), z_i)"
+    assert stages["upsampler"]["headline"]["metric"] == "PSNR dB"
+    for name in ("clip", "prior", "decoder", "upsampler"):
+        assert isinstance(stages[name]["headline"]["value"], float), name
+    # every stage took its own section of the shared YAML
+    assert json.loads((out / "clip" / "report.json").read_text())["samples"] == 8
+    prior = json.loads((out / "prior" / "report.json").read_text())
+    assert prior["pool_size"] == 32 and prior["sample_steps"] == 3
+    assert json.loads((out / "decoder" / "report.json").read_text())["consistency"]["samples"] == 4
+    assert json.loads((out / "upsampler" / "report.json").read_text())["quality"]["samples"] == 4
+
+
+def test_eval_step_runs_quick_eval_on_the_folder(killed_then_resumed, monkeypatch):
+    """The eval step calls ``evaluate_model(OUT, DATA, OUT/eval, quick=True)`` (stubbed: the real quick eval
+    takes about 25 s even on the tiny pipeline) and reports its faithfulness; a later --resume skips it."""
+    out, _, _ = killed_then_resumed
+    from dalle2.eval import evaluate as E
+
+    calls = []
+
+    def fake_evaluate(model_dir, data, eval_out, quick=False, **kw):
+        calls.append((Path(model_dir), data, Path(eval_out), quick))
+        report = {"faithfulness": {"train": {"overall": 0.25}, "heldout": {"overall": 0.125}}}
+        Path(eval_out).mkdir(parents=True, exist_ok=True)
+        (Path(eval_out) / "eval.json").write_text(json.dumps(report))
+        return report
+
+    monkeypatch.setattr(E, "evaluate_model", fake_evaluate)
+    monkeypatch.setattr(E, "markdown", lambda report: "")
+    summary = train_all(out=str(out), resume=True, **TINY)
+    assert calls == [(out, "shapes", out / "eval", True)]
+    ev = summary["stages"][-1]
+    assert ev["stage"] == "eval" and ev["status"] == "done"
+    assert ev["headline"] == {"metric": "faithfulness (train prompts)", "value": 0.25, "heldout": 0.125}
+    again = train_all(out=str(out), resume=True, **TINY)
+    assert len(calls) == 1 and again["stages"][-1]["status"] == "skipped"
+    assert again["stages"][-1]["headline"]["value"] == 0.25
+
+
+def test_eval_skipped_without_evaluators(tmp_path, capsys):
+    messages = []
+    assert run_eval(tmp_path, "folder:/nowhere", messages.append) is None
+    assert run_eval(tmp_path, "webdataset:x.tar", messages.append) is None
+    assert all(m.startswith("eval: skipped") for m in messages) and len(messages) == 2
+
+
+def test_used_folder_needs_resume(tmp_path):
+    out = tmp_path / "pipe"
+    (out / "training" / "prior").mkdir(parents=True)
+    with pytest.raises(TrainAllError, match=r"already holds prior; pass --resume .* or choose a new --out"):
+        train_all(out=str(out), **TINY)
+    # a folder holding only a tokenizer is not refused (the CLIP stage reuses it); bad options fail early
+    with pytest.raises(TrainAllError, match="--steps-scale must be a number > 0"):
+        train_all(out=str(tmp_path / "new"), steps_scale=0, **TINY)
+    with pytest.raises(ValueError, match="unknown preset"):
+        train_all(out=str(tmp_path / "new"), **{**TINY, "preset": "huge"})
+    # a bad key in a later stage's section fails before the first stage trains
+    with pytest.raises(ValueError, match="unknown key decoder.bogus"):
+        train_all(out=str(tmp_path / "new"), overrides=["decoder.bogus=1"], **TINY)
+    with pytest.raises(ValueError, match="unknown key prior.bogus"):
+        train_all(out=str(tmp_path / "new"), overrides=["prior.bogus=1"], **TINY)
+    with pytest.raises(ValueError, match="unknown config section 'decodr'"):
+        train_all(out=str(tmp_path / "new"), overrides=["decodr.eval_samples=1"], **TINY)
+    assert not (tmp_path / "new").exists()
+
+
+def test_cli_refuses_used_folder(tmp_path, capsys):
+    (tmp_path / "clip").mkdir()
+    code = main(["train", "all", "--out", str(tmp_path), "--preset", "tiny", "--no-progress", "--skip-eval"])
+    assert code == 2
+    assert "pass --resume" in capsys.readouterr().err
+
+
+def test_steps_scale(tmp_path):
+    assert scaled_max_steps("decoder", "tiny", None, [], 1.0) == 4  # the stage preset's
+    assert scaled_max_steps("decoder", "tiny", None, [], 0.5) == 2
+    assert scaled_max_steps("clip", "cpu", None, [], 2.0) == 300
+    assert scaled_max_steps("prior", "cpu", None, [], 0.1) == 60
+    assert scaled_max_steps("upsampler", "tiny", None, [], 0.01) == 1  # at least one step
+    # the base is the resolved value: --set / --config win over the preset
+    assert scaled_max_steps("prior", "tiny", None, ["train.max_steps=10"], 0.5) == 5
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  max_steps: 30\ndecoder:\n  eval_samples: 2\nclip:\n  embed_dim: 8\n")
+    assert scaled_max_steps("decoder", "tiny", str(cfg), [], 0.5) == 15
+
+
+def test_cli_parses_options():
+    from dalle2.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["train", "all", "--out", "D", "--steps-scale", "0.25", "--resume", "--skip-eval", "--max-minutes", "5"]
+    )
+    assert args.steps_scale == 0.25 and args.resume and args.skip_eval and args.max_minutes == 5
+    assert args.preset == "cpu" and args.progress and callable(args.func)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "all", "--out", "D", "--steps-scale", "0"])
