@@ -130,6 +130,23 @@ def test_edit_keeps_every_unmasked_pixel(pipe, picture):
     assert same(pipe.edit(picture, rgba, "a green triangle", n=2, seed=0)[1], out[1])
 
 
+def test_base_resolution_skips_the_upsampler(pipe, picture):
+    assert pipe.resolutions == [16, 32]
+    small = pipe(PROMPT, 2, seed=0, resolution=16)
+    assert [im.size for im in small] == [(16, 16)] * 2
+    assert all(same(a, b) for a, b in zip(small, pipe(PROMPT, 2, seed=0, resolution=16), strict=True))
+    assert all(same(a, b) for a, b in zip(pipe(PROMPT, 2, seed=0), pipe(PROMPT, 2, seed=0, resolution=32), strict=True))
+    assert [im.size for im in pipe.vary(picture, 2, seed=1, resolution=16)] == [(16, 16)] * 2
+    mask = Image.new("L", (32, 32), 0)
+    mask.paste(255, (0, 0, 32, 8))  # edit the top quarter
+    small_picture = picture.resize((16, 16), Image.Resampling.BOX)
+    for image in pipe.edit(small_picture, mask.resize((16, 16)), "a green triangle", n=2, seed=0, resolution=16):
+        assert image.size == (16, 16)
+        assert np.array_equal(arr(image)[4:], arr(small_picture)[4:])
+    with pytest.raises(PipelineError, match="resolution must be 16 or 32"):
+        pipe(PROMPT, 1, resolution=64)
+
+
 def test_errors_name_the_problem(pipe, picture, tmp_path):
     cases = [
         (lambda: pipe("", 1), "empty prompt"),

@@ -126,6 +126,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
             batch_size=args.batch_size,
             features=args.features,
             clip=args.clip,
+            sample_kwargs={
+                k: v
+                for k, v in (("steps", args.steps), ("sampler", args.sampler), ("guidance", args.guidance))
+                if v is not None
+            },
         )
     print(E.markdown(report))
     print(f"wrote {Path(args.out) / 'eval.json'}, eval.md and sample grids")
@@ -240,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     from dalle2.stages.image_cli import register as register_image
 
     register_image(train_commands)
+    from dalle2.stages.gan_cli import register as register_gan
+
+    register_gan(train_commands)
     from dalle2.stages.all_cli import register as register_all
 
     register_all(train_commands)
@@ -247,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     from dalle2.generate_cli import register as register_generate
 
     register_generate(commands, add)
+    from dalle2.serve_cli import register as register_serve
+
+    register_serve(commands, add)
 
     # eval
     p = add(commands, "eval", "score a model, or any program's images, on a benchmark", cmd_eval)
@@ -262,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", metavar="FILE", help="prompts.jsonl for --images (from `dalle2 eval-prompts`)")
     p.add_argument("--features", metavar="EVALUATOR", help="feature network for FD/KID/PR (needed for folder:PATH)")
     p.add_argument("--clip", metavar="EVALUATOR", help="evaluation CLIP for CLIP score (default: the dataset's)")
+    p.add_argument("--steps", type=positive_int, help="unCLIP: decoder sampling steps (default: the model's)")
+    p.add_argument("--sampler", choices=("ddpm", "ddim", "dpmpp_2m"), help="unCLIP: decoder sampler")
+    p.add_argument("--guidance", type=float, help="unCLIP: decoder guidance scale")
 
     p = add(commands, "eval-prompts", "write the benchmark prompts (and real images for them)", cmd_eval_prompts)
     p.add_argument("--data", default="shapes", help="benchmark: shapes, fashion-mnist, mnist, folder:PATH")

@@ -25,9 +25,11 @@ def positive_float(text: str) -> float:
     return value
 
 
-def add_config_options(parser: argparse.ArgumentParser, example: str = "train.batch_size=32") -> None:
+def add_config_options(
+    parser: argparse.ArgumentParser, example: str = "train.batch_size=32", presets: str = "tiny, cpu, gpu"
+) -> None:
     """--preset, --config and --set: precedence preset < YAML < --set."""
-    parser.add_argument("--preset", default="cpu", help="named preset: tiny, cpu, gpu (default: %(default)s)")
+    parser.add_argument("--preset", default="cpu", help=f"named preset: {presets} (default: %(default)s)")
     parser.add_argument("--config", metavar="YAML", help="YAML file overriding the preset")
     parser.add_argument(
         "--set",

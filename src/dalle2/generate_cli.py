@@ -1,4 +1,5 @@
-"""``dalle2 generate``, ``vary``, ``interpolate``, ``text-diff`` and ``edit``: use a trained unCLIP pipeline.
+"""``dalle2 generate``, ``vary``, ``interpolate``, ``text-diff`` and ``edit``: use a trained pipeline (unCLIP;
+``generate`` and prompt ``interpolate`` also work with a GAN pipeline).
 
 Only argparse is imported at module level (``dalle2 --help`` stays fast); torch and the pipeline are imported
 inside the handlers. Conventions shared by every command:
@@ -326,10 +327,59 @@ def cmd_vary(args: argparse.Namespace) -> None:
     _report(f"the input, then {args.n} variations", path, len(images), pipe, args.seed, seconds)
 
 
+INTERPOLATE_MODES = (
+    "give two images A B (unCLIP), --prompt TEXT (GAN: noise interpolation) or --from-prompt TEXT "
+    "--to-prompt TEXT (GAN: text interpolation)"
+)
+
+
 def cmd_interpolate(args: argparse.Namespace) -> None:
+    images_mode = args.a is not None or args.b is not None
+    text_mode = args.from_prompt is not None or args.to_prompt is not None
+    if images_mode + (args.prompt is not None) + text_mode != 1:
+        raise GenerateError(f"interpolate one way at a time: {INTERPOLATE_MODES}")
+    if images_mode:
+        if args.a is None or args.b is None:
+            raise GenerateError(f"only one image given: {INTERPOLATE_MODES}")
+        _interpolate_images(args)
+        return
+    if text_mode and (args.from_prompt is None or args.to_prompt is None):
+        raise GenerateError("text interpolation needs both --from-prompt and --to-prompt")
+    for text, what in ((args.prompt, "--prompt"), (args.from_prompt, "--from-prompt"), (args.to_prompt, "--to-prompt")):
+        if text is not None:
+            _check_prompt(text, f"{what} text")
+    path = grid_path(args.output, "interp.png")
+    pipe = open_pipeline(args.model)
+    feature = "interpolate_noise" if args.prompt is not None else "interpolate_text"
+    if not callable(getattr(pipe, feature, None)):
+        kind = getattr(pipe, "kind", type(pipe).__name__)
+        raise GenerateError(
+            f"{args.model} is a {kind!r} pipeline: interpolating prompts (--prompt, --from-prompt/--to-prompt) "
+            "needs a GAN pipeline; interpolate two images A B instead"
+        )
+    given = [name for name in ("sample_steps", "guidance") if getattr(args, name) is not None]
+    if given:
+        raise GenerateError(f"--{', --'.join(g.replace('_', '-') for g in given)}: only for unCLIP pipelines")
+    start = time.monotonic()
+    if args.prompt is not None:
+        images = pipe.interpolate_noise(args.prompt, args.steps, args.seed)
+        what = f"{len(images)} steps through the noise of {args.prompt!r}"
+    else:
+        images = pipe.interpolate_text(args.from_prompt, args.to_prompt, args.steps, args.seed)
+        what = f"{len(images)} steps from {args.from_prompt!r} to {args.to_prompt!r}"
+    seconds = time.monotonic() - start
+    _save(_grid(images, args.cell or default_cell(pipe.resolution), ncols=len(images)), path)
+    _report(what, path, len(images), pipe, args.seed, seconds)
+
+
+def _interpolate_images(args: argparse.Namespace) -> None:
     a, b = _open_image(args.a), _open_image(args.b)
     path = grid_path(args.output, "interp.png")
-    pipe = open_pipeline(args.model, "interpolate")
+    pipe = open_pipeline(args.model)
+    if not callable(getattr(pipe, "interpolate", None)):
+        kind = getattr(pipe, "kind", type(pipe).__name__)
+        hint = "; interpolate prompts with --prompt or --from-prompt/--to-prompt" if kind == "gan" else ""
+        raise GenerateError(f"{args.model} is a {kind!r} pipeline, which has no image interpolation{hint}")
     start = time.monotonic()
     images = pipe.interpolate(a, b, args.steps, args.seed, sample_steps=args.sample_steps, guidance=args.guidance)
     seconds = time.monotonic() - start
@@ -402,7 +452,8 @@ def _mask_tile(mask: Any, resolution: int) -> Any:
 
 # ------------------------------------------------------------------------------------ registration
 GENERATE_HELP = """\
-Make images from text with an unCLIP pipeline: prompt -> CLIP text embedding -> prior -> decoder -> upsampler.
+Make images from text with a pipeline folder: unCLIP (prompt -> CLIP text embedding -> prior -> decoder ->
+upsampler) or GAN (prompt -> CLIP sentence embedding -> generator, one pass).
 
 Writes one PNG grid: n images per prompt, one row per prompt with the prompt written above it (one prompt:
 up to 8 images in a row, more in a square grid). With --separate, one PNG per image instead: -o out.png
@@ -486,14 +537,24 @@ def register(commands: Any, add: AddCommand) -> None:
 
     p = command(
         "interpolate",
-        "blend two images through CLIP space",
-        "Interpolate between two images: slerp from A's CLIP image embedding to B's, every step decoded from\n"
-        "the same noise (deterministic DDIM). Writes one row of --steps images, A's end first.",
+        "blend two images (unCLIP), or walk a GAN's noise or text space",
+        "Interpolate, writing one row of --steps images (the start first). One of:\n"
+        "  A B                      unCLIP: slerp from image A's CLIP image embedding to B's, every step\n"
+        "                           decoded from the same noise (deterministic DDIM)\n"
+        "  --prompt TEXT            GAN: one prompt, the noise slerped between two draws from --seed\n"
+        "  --from-prompt TEXT --to-prompt TEXT\n"
+        "                           GAN: one noise (from --seed), the CLIP sentence embedding slerped\n"
+        "                           from the first prompt's to the second's",
         cmd_interpolate,
-        "example:\n  dalle2 interpolate a.png b.png --model runs/shapes --steps 8 -o interp.png",
+        "examples:\n  dalle2 interpolate a.png b.png --model runs/shapes --steps 8 -o interp.png\n"
+        '  dalle2 interpolate --model runs/gan --prompt "a red circle" --steps 8\n'
+        '  dalle2 interpolate --model runs/gan --from-prompt "a red circle" --to-prompt "a blue square"',
     )
-    p.add_argument("a", metavar="A", help="first image file")
-    p.add_argument("b", metavar="B", help="second image file")
+    p.add_argument("a", metavar="A", nargs="?", help="first image file (unCLIP)")
+    p.add_argument("b", metavar="B", nargs="?", help="second image file (unCLIP)")
+    p.add_argument("--prompt", metavar="TEXT", help="GAN: interpolate the noise under this prompt")
+    p.add_argument("--from-prompt", metavar="TEXT", help="GAN: interpolate the text from this prompt ...")
+    p.add_argument("--to-prompt", metavar="TEXT", help="... to this one")
     _add_model_options(p, "interp.png")
     p.add_argument("--steps", type=_int_range(2, 64), default=8, help="number of images along the way, ends included")
     _add_decoder_options(p, "--sample-steps")

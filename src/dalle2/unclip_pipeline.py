@@ -11,7 +11,9 @@ generation it has the paper's image features (Ramesh et al. 2022, section 3):
   original noised to the current step at every step, and the kept pixels are copied back at the end, so
   they are identical to the input (at the output resolution).
 
-Every method is reproducible from ``seed``; all return PIL images at the output resolution.
+Every method is reproducible from ``seed``; all return PIL images at the output resolution, or, with
+``resolution=pipe.base_resolution``, the decoder's own output (the upsampler is skipped). ``pipe.resolutions``
+lists both.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class UnclipPipeline:
         self.clip, self.prior, self.decoder, self.upsampler = clip, prior, decoder, upsampler
         self.base_resolution = decoder.image_size
         self.resolution = upsampler.image_size if upsampler is not None else decoder.image_size
+        self.resolutions = sorted({self.base_resolution, self.resolution})  # sizes the model makes natively
         self.device = torch.device("cpu")
         self.timings: dict[str, float] = {}
 
@@ -186,6 +189,15 @@ class UnclipPipeline:
         self._tick("upsampler", start)
         return out
 
+    def _upsamples(self, resolution: int | None) -> bool:
+        """Whether an output of ``resolution`` pixels (None: the output resolution) runs the upsampler."""
+        if resolution is None or resolution == self.resolution:
+            return self.upsampler is not None
+        if resolution == self.base_resolution:
+            return False
+        sizes = " or ".join(str(r) for r in self.resolutions)
+        raise PipelineError(f"resolution must be {sizes} (the sizes this model makes), got {resolution!r}")
+
     def _tick(self, stage: str, start: float) -> None:
         self.timings[stage] = self.timings.get(stage, 0.0) + time.monotonic() - start
 
@@ -211,10 +223,13 @@ class UnclipPipeline:
         prior_guidance: float | None = None,
         batch_size: int = 64,
         progress: Any = None,
+        resolution: int | None = None,
     ) -> list[Image.Image]:
         """``n`` images per prompt (prompt-major) at the output resolution, reproducible from ``seed``.
-        ``progress``: an object with ``update(k)`` (e.g. a tqdm bar) called per finished image."""
+        ``progress``: an object with ``update(k)`` (e.g. a tqdm bar) called per finished image.
+        ``resolution=pipe.base_resolution``: the decoder's images, without the upsampler."""
         items = _check_prompts(prompts)
+        upsample = self._upsamples(resolution)
         _check_count("n", n, 1, 10_000)
         _check_count("batch_size", batch_size, 1, 4096)
         self._check_steps(steps, prior_steps, guidance)
@@ -231,7 +246,7 @@ class UnclipPipeline:
             z_i = self.prior.sample(z_t, hidden, mask, steps=prior_steps, guidance_scale=prior_guidance, generator=g)
             self._tick("prior", start)
             x = self._decode(z_i, g, (hidden, mask), steps=steps, guidance=guidance, sampler=sampler)
-            images.extend(self.to_pil(self._upsample(x, g)))
+            images.extend(self.to_pil(self._upsample(x, g) if upsample else x))
             if progress is not None:
                 progress.update(len(chunk))
         return images
@@ -255,14 +270,16 @@ class UnclipPipeline:
         steps: int | None = None,
         guidance: float | None = None,
         eta: float = 1.0,
+        resolution: int | None = None,
     ) -> list[Image.Image]:
         """``n`` variations of ``image``: its z_i decoded with fresh noise (stochastic DDIM)."""
         _check_count("n", n, 1, 1000)
         self._check_steps(steps, None, guidance)
+        upsample = self._upsamples(resolution)
         z = self.encode_images([image]).repeat(n, 1)
         g = self._generator(seed)
         x = self._decode(z, g, steps=steps, guidance=guidance, sampler="ddim", eta=eta)
-        return self.to_pil(self._upsample(x, g))
+        return self.to_pil(self._upsample(x, g) if upsample else x)
 
     @torch.no_grad()
     def interpolate(
@@ -332,6 +349,7 @@ class UnclipPipeline:
         *,
         steps: int | None = None,
         guidance: float | None = None,
+        resolution: int | None = None,
     ) -> list[Image.Image]:
         """Inpaint: regenerate the masked region from ``prompt``; the rest is kept exactly.
 
@@ -341,6 +359,7 @@ class UnclipPipeline:
         (prompt,) = _check_prompts([prompt])
         _check_count("n", n, 1, 1000)
         self._check_steps(steps)
+        upsample = self._upsamples(resolution)
         img = open_image(image) if not isinstance(image, Image.Image) else image
         msk = open_image(mask) if not isinstance(mask, Image.Image) else mask
         if img.size != msk.size:
@@ -353,7 +372,8 @@ class UnclipPipeline:
         edit_region = mask_to_edit_region(msk)  # (H, W) float, 1 = edit
         if edit_region.sum() == 0:
             raise PipelineError("the mask marks nothing to edit (no transparent / white pixels)")
-        out_r, base_r = self.resolution, self.base_resolution
+        base_r = self.base_resolution
+        out_r = self.resolution if upsample else base_r
         known_hi = self.images_to_tensor([img], out_r).repeat(n, 1, 1, 1)
         region = torch.from_numpy(edit_region)[None, None]
         keep_hi = 1 - (F.interpolate(region, size=(out_r, out_r), mode="area") > 0.0).float()  # any edited -> edit
@@ -363,7 +383,7 @@ class UnclipPipeline:
         z_t, hidden, mask_t = self.encode_text([prompt] * n)
         z_i = self.prior.sample(z_t, hidden, mask_t, generator=g)
         x = self._decode(z_i, g, (hidden, mask_t), steps=steps, guidance=guidance, inpaint=(known_lo, keep_lo))
-        if self.upsampler is not None:
+        if upsample:
             x = self._upsample(x, g, inpaint=(known_hi, keep_hi.expand_as(known_hi)))
         x = keep_hi * known_hi + (1 - keep_hi) * x  # kept pixels exactly as given
         return self.to_pil(x)

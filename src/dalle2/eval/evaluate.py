@@ -373,17 +373,21 @@ def evaluate_model(
     batch_size: int = 64,
     features: str | None = None,
     clip: str | None = None,
+    sample_kwargs: dict[str, Any] | None = None,
+    pipeline: Any = None,
 ) -> dict[str, Any]:
-    """Sample a saved pipeline on the benchmark prompts and score it."""
+    """Sample a saved pipeline on the benchmark prompts and score it. ``sample_kwargs`` (e.g. ``steps``,
+    ``sampler``, ``guidance`` for unCLIP) go to every pipeline call; ``pipeline`` reuses an opened one."""
     from dalle2.pipeline import load
 
-    pipe = load(model_dir)
+    pipe = pipeline if pipeline is not None else load(model_dir)
+    sample_kwargs = dict(sample_kwargs or {})
     records = benchmark(data, quick, features=features, clip=clip)
     prompts = [r["prompt"] for r in records]
     images: list[Image.Image] = []
     start = time.perf_counter()
     for i in tqdm(range(0, len(prompts), batch_size), desc="sample", unit="batch"):
-        images += pipe(prompts[i : i + batch_size], n=1, seed=seed + i)
+        images += pipe(prompts[i : i + batch_size], n=1, seed=seed + i, **sample_kwargs)
     seconds = time.perf_counter() - start
     sampling = {
         "images": len(images),
@@ -392,7 +396,7 @@ def evaluate_model(
         "seed": seed,
         "batch_size": batch_size,
         "model": str(model_dir),
-        "settings": pipe.settings(),
+        "settings": {**pipe.settings(), **({"overrides": sample_kwargs} if sample_kwargs else {})},
     }
     report, passed = score(records, images, sampling)
     report["quick"] = quick

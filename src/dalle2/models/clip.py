@@ -91,7 +91,7 @@ CLIP_PRESETS: dict[str, dict[str, Any]] = {
         "eval_samples": 40,
         "ema_decay": 0.9,
     },
-    "cpu": {},
+    "cpu": {"patch_size": 8},  # 16 tokens at 32x32: 4x faster than patch 4, better after equal time
     "gpu": {
         "embed_dim": 256,
         "text_width": 256,
@@ -109,7 +109,7 @@ CLIP_PRESETS: dict[str, dict[str, Any]] = {
 #: ``--config`` and ``--max-steps`` still win).
 CLIP_TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"batch_size": 8, "max_steps": 4, "checkpoint_every": 2, "learning_rate": 1e-3},
-    "cpu": {"batch_size": 64, "max_steps": 150, "checkpoint_every": 50, "learning_rate": 1e-3},
+    "cpu": {"batch_size": 64, "max_steps": 1500, "checkpoint_every": 250, "learning_rate": 1e-3},
     "gpu": {"batch_size": 512, "max_steps": 50_000, "checkpoint_every": 2000, "learning_rate": 5e-4},
 }
 

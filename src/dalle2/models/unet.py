@@ -1,8 +1,10 @@
 """A compact diffusion UNet for the decoder and the upsampler (GLIDE / unCLIP conditioning).
 
-Why project-written: at our sizes (32x32, 3-5M parameters) the diffusers ``UNet2DConditionModel`` trains
-several times slower per sample on CPU than this plain design (``benchmarks/unet_speed.py`` measures both
-at equal parameter count); the conditioning below is the paper's, which diffusers' blocks do not have.
+Why project-written: the conditioning below is the paper's (z_i added to the timestep embedding *and* turned
+into extra context tokens, each droppable for guidance), which diffusers' blocks do not have in one model.
+It is the upsampler's network (convolution-only, as the paper's) and the decoder's ``arch: unet`` option;
+the decoder defaults to :mod:`dalle2.models.transformer`, faster on CPU (``benchmarks/decoder_speed.py``
+times this UNet, that Transformer and diffusers' ``UNet2DConditionModel``).
 
 Conditioning, as in unCLIP's decoder (Ramesh et al. 2022, section 2.1):
 

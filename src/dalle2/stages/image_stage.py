@@ -47,8 +47,8 @@ IMAGE_STAGE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "stage": {"ema_decay": 0.9, "eval_samples": 8},
         },
         "cpu": {
-            "train": {"batch_size": 64, "max_steps": 1500, "checkpoint_every": 250, "learning_rate": 5e-4},
-            "model": {"arch": "transformer", "net": {"width": 256, "depth": 6, "heads": 4, "patch_size": 4}},
+            "train": {"batch_size": 32, "max_steps": 2500, "checkpoint_every": 250, "learning_rate": 5e-4},
+            "model": {"arch": "transformer", "net": {"width": 192, "depth": 6, "heads": 3, "patch_size": 4}},
             "stage": {"ema_decay": 0.999, "eval_samples": 64},
         },
         "gpu": {
@@ -115,6 +115,8 @@ def _resolve(stage: str, opts: dict[str, Any]) -> tuple[Any, dict[str, Any], dic
     model = copy.deepcopy(presets[preset]["model"])
     keys = dict(presets[preset]["stage"])
     model_keys = set(DiffusionConfig.__dataclass_fields__)
+    if own.get("arch", model["arch"]) != model["arch"]:  # another network: the preset's net keys do not apply
+        model["net"] = {}
     for key, value in own.items():
         if key.startswith("net."):
             model["net"][key[4:]] = value

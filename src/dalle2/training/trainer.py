@@ -2,6 +2,8 @@
 
 The trainer knows nothing about the model (minGPT's habit): a stage hands it a module, a loss
 ``loss_fn(model, batch) -> scalar tensor`` and a dataset of sample dicts, and gets back EMA weights.
+A model of several players (a GAN) hands it a list of :class:`~dalle2.training.phases.Phase` instead:
+one loss and one optimizer per sub-module, stepped in turn on every batch (see ``phases.py``).
 The same code runs on one CPU, one or several GPUs and several nodes (``accelerate launch`` /
 torchrun): Accelerate owns devices, DDP, mixed precision, gradient accumulation and trackers.
 
@@ -37,7 +39,14 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.tracking import get_available_trackers
-from accelerate.utils import ProjectConfiguration, broadcast_object_list, gather_object, send_to_device, set_seed
+from accelerate.utils import (
+    DistributedDataParallelKwargs,
+    ProjectConfiguration,
+    broadcast_object_list,
+    gather_object,
+    send_to_device,
+    set_seed,
+)
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
@@ -57,9 +66,10 @@ from dalle2.training.checkpoint import (
 )
 from dalle2.training.ema import EMA
 from dalle2.training.errors import TrainingError
+from dalle2.training.phases import LossFn, Phase, build_optimizer, phase_parameters, split_loss
 
-LossFn = Callable[[nn.Module, Any], torch.Tensor]
 SampleFn = Callable[[nn.Module, int], "list[Image.Image] | None"]
+LogFn = Callable[[int, dict[str, float]], "dict[str, float] | None"]
 
 # Trackers Accelerate can drive, and the package each one needs.
 TRACKER_PACKAGES = {
@@ -84,6 +94,7 @@ class TrainResult:
     final_loss: float | None  # loss of the last step (mean over processes and accumulated batches)
     stop_reason: str  # "max_steps reached" | "time budget reached"
     checkpoint: Path | None  # the newest checkpoint on disk
+    final_losses: dict[str, float] | None = None  # per phase (final_loss is their sum)
 
 
 def warmup_cosine(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
@@ -158,6 +169,14 @@ def _flat(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
 class Trainer:
     """Train ``model`` by minimizing ``loss_fn(model, batch)`` over ``dataset``; see the module docstring.
 
+    ``loss_fn`` is one loss function, or a sequence of :class:`Phase` (each with its own loss, sub-module,
+    optimizer, LR and clipping; ``betas``, ``weight_decay`` and ``max_grad_norm`` below then apply to the
+    single-loss case only). Several phases need ``gradient_accumulation_steps == 1`` and no fp16. A loss
+    function may return a dict: the scalar ``"loss"`` plus scalars to log. ``ema_of`` names the sub-module
+    the EMA averages (e.g. a GAN's generator; default: the whole model). ``on_log(step, logged)`` runs on
+    the main process at every log (under ``no_grad``, training RNG streams untouched) and may return more
+    scalars to log.
+
     ``loss_fn`` must go through ``model(...)`` (its ``forward``): under DDP only the forward pass is
     synchronized, and under mixed precision only it is autocast by the prepared model (the trainer
     also wraps the whole call in ``accelerator.autocast()``). Batches arrive on the training device.
@@ -180,7 +199,7 @@ class Trainer:
     def __init__(
         self,
         model: nn.Module,
-        loss_fn: LossFn,
+        loss_fn: LossFn | Sequence[Phase],
         dataset: Dataset | IterableDataset,
         config: TrainConfig,
         out_dir: str | Path,
@@ -205,17 +224,30 @@ class Trainer:
         run_config: Config | dict[str, Any] | None = None,
         progress: bool = True,
         cpu: bool | None = None,
+        ema_of: str | None = None,
+        on_log: LogFn | None = None,
     ) -> None:
         if gradient_accumulation_steps < 1:
             raise ValueError(f"gradient_accumulation_steps must be >= 1, got {gradient_accumulation_steps}")
         self.config = config
-        self.loss_fn = loss_fn
+        if callable(loss_fn):
+            single = Phase("model", loss_fn, betas=betas, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
+            self.phases, self.multi_phase = [single], False
+        else:
+            self.phases, self.multi_phase = list(loss_fn), True
+            names = [p.name for p in self.phases]
+            if not self.phases or len(set(names)) != len(names):
+                raise TrainingError(f"{stage_name}: phases need distinct names, got {names}")
+            if gradient_accumulation_steps != 1 or config.mixed_precision == "fp16":
+                raise TrainingError(
+                    f"{stage_name}: several optimizer phases need gradient_accumulation_steps 1 and no fp16"
+                )
+        self.on_log = on_log
         self.out_dir = Path(out_dir)
         self.checkpoint_dir = self.out_dir / "checkpoints"
         self.stage_name = stage_name
         self.sample_fn = sample_fn
         self.sample_every = sample_every or config.checkpoint_every
-        self.max_grad_norm = max_grad_norm
         self.log_every = max(1, log_every)
         self.keep_checkpoints = keep_checkpoints
         self.progress = progress
@@ -233,6 +265,8 @@ class Trainer:
         _allow_new_mixed_precision(config.mixed_precision)
         self.accelerator = Accelerator(
             cpu=not _has_accelerator_device() if cpu is None else cpu,
+            # under DDP a phase leaves the other phases' parameters without gradients
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)] if self.multi_phase else None,
             mixed_precision=config.mixed_precision,
             gradient_accumulation_steps=gradient_accumulation_steps,
             log_with=self.log_with or None,
@@ -242,21 +276,30 @@ class Trainer:
         )
         acc = self.accelerator
 
-        self.ema = EMA(model, decay=ema_decay, warmup=ema_warmup).to(acc.device)
-        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        if not trainable:
-            raise TrainingError(f"{stage_name}: the model has no trainable parameters")
-        groups = [  # no weight decay on biases and norm gains (nanoGPT's habit)
-            {"params": [p for _, p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
-            {"params": [p for _, p in trainable if p.ndim < 2], "weight_decay": 0.0},
-        ]
-        optimizer = torch.optim.AdamW(
-            [g for g in groups if g["params"]], lr=config.learning_rate, betas=betas, weight_decay=weight_decay
-        )
+        self.ema_of = ema_of
+        try:
+            averaged = model.get_submodule(ema_of) if ema_of else model
+        except AttributeError:
+            raise TrainingError(f"{stage_name}: ema_of names no sub-module of the model: {ema_of!r}") from None
+        self.ema = EMA(averaged, decay=ema_decay, warmup=ema_warmup).to(acc.device)
         schedule = functools.partial(
             warmup_cosine, warmup=self.warmup_steps, total=self.total_steps, min_ratio=min_lr_ratio
         )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        optimizers, schedulers, owner = [], [], {}
+        self._phase_params: list[list[nn.Parameter]] = []
+        for phase in self.phases:
+            params = phase_parameters(model, phase)
+            self._phase_params.append([p for _, p in params])
+            if not params:
+                what = "the model has" if not self.multi_phase else f"phase {phase.name}: {phase.module!r} has"
+                raise TrainingError(f"{stage_name}: {what} no trainable parameters")
+            for name, _ in params:
+                if name in owner:
+                    raise TrainingError(f"{stage_name}: {name} is in phases {owner[name]} and {phase.name}")
+                owner[name] = phase.name
+            lr = config.learning_rate if phase.learning_rate is None else phase.learning_rate
+            optimizers.append(build_optimizer(params, phase, lr))
+            schedulers.append(torch.optim.lr_scheduler.LambdaLR(optimizers[-1], schedule))
 
         # Data: a map-style dataset gets the seeded per-epoch sampler and Accelerate's sharding; a streamed
         # (iterable) dataset is expected to shard itself across processes (as ShardDataset does).
@@ -274,13 +317,18 @@ class Trainer:
             generator=self._loader_generator,
             pin_memory=acc.device.type == "cuda",
         )
+        k = len(self.phases)
         if self.streamed:
-            self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
+            prepared = acc.prepare(model, *optimizers, *schedulers)
             self.dataloader = loader
         else:
-            self.model, self.optimizer, self.dataloader, self.scheduler = acc.prepare(
-                model, optimizer, loader, scheduler
-            )
+            prepared = acc.prepare(model, *optimizers, loader, *schedulers)
+            self.dataloader = prepared[1 + k]
+            prepared = [*prepared[: 1 + k], *prepared[2 + k :]]
+        self.model = prepared[0]
+        self.optimizers, self.schedulers = list(prepared[1 : 1 + k]), list(prepared[1 + k :])
+        self.optimizer, self.scheduler = self.optimizers[0], self.schedulers[0]  # the single-loss case's
+        if not self.streamed:
             if len(self.dataloader) == 0:
                 raise TrainingError(
                     f"{stage_name}: the dataset has {len(dataset)} samples, fewer than one batch of "  # type: ignore[arg-type]
@@ -290,6 +338,7 @@ class Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0  # batches of the current epoch already trained on (this process)
         self.last_loss: float | None = None
+        self.last_losses: dict[str, float] = {}
 
     # -- public helpers ------------------------------------------------------------------------------
 
@@ -347,11 +396,11 @@ class Trainer:
         state, optimizer_state, rng = load_checkpoint(
             latest, model=self.unwrapped_model, ema_model=self.ema.model, rank=acc.process_index, device=acc.device
         )
-        self.optimizer.load_state_dict(optimizer_state)
-        self.scheduler.load_state_dict(state["scheduler"])
+        self._load_optimizers(optimizer_state, state["scheduler"], latest)
         self.ema.num_updates = int(state["ema_updates"])
         self.step, self.epoch, self.batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch"])
         self.last_loss = state.get("loss")
+        self.last_losses = dict(state.get("losses") or {})
         saved, now = state.get("data", {}), self._data_signature()
         changed = [f"{k} {saved.get(k)} -> {now[k]}" for k in now if saved.get(k) != now[k]]
         if changed:  # the saved position means nothing in another batching: start the next epoch
@@ -360,6 +409,32 @@ class Trainer:
         restore_rng(rng)
         acc.print(f"{self.stage_name}: resumed from {latest} (step {self.step})")
         return latest
+
+    def _optimizer_states(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(optimizer state, scheduler state) to checkpoint: as they are for one loss, by phase name for several."""
+        if not self.multi_phase:
+            return self.optimizer.state_dict(), self.scheduler.state_dict()
+        names = [p.name for p in self.phases]
+        return (
+            {"phases": {n: o.state_dict() for n, o in zip(names, self.optimizers, strict=True)}},
+            {"phases": {n: s.state_dict() for n, s in zip(names, self.schedulers, strict=True)}},
+        )
+
+    def _load_optimizers(self, optimizer_state: dict[str, Any], scheduler_state: dict[str, Any], path: Path) -> None:
+        saved = sorted(optimizer_state["phases"]) if "phases" in optimizer_state else None
+        wanted = sorted(p.name for p in self.phases) if self.multi_phase else None
+        if saved != wanted:
+            raise TrainingError(
+                f"{path} was written with optimizer phases {saved or 'none (one loss)'}, this run has "
+                f"{wanted or 'none (one loss)'}; resume it with the stage that wrote it, or start a new folder"
+            )
+        if not self.multi_phase:
+            self.optimizer.load_state_dict(optimizer_state)
+            self.scheduler.load_state_dict(scheduler_state)
+            return
+        for phase, optimizer, scheduler in zip(self.phases, self.optimizers, self.schedulers, strict=True):
+            optimizer.load_state_dict(optimizer_state["phases"][phase.name])
+            scheduler.load_state_dict(scheduler_state["phases"][phase.name])
 
     def _data_signature(self) -> dict[str, Any]:
         return {
@@ -373,6 +448,7 @@ class Trainer:
     def _hparams(self) -> dict[str, Any]:
         trainer = {
             "stage": self.stage_name,
+            "phases": ",".join(p.name for p in self.phases),
             "ema_decay": self.ema.decay,
             "warmup_steps": self.warmup_steps,
             "total_steps": self.total_steps,
@@ -400,9 +476,10 @@ class Trainer:
         deadline = start + cfg.max_minutes * 60 if cfg.max_minutes else None
         samples_per_step = cfg.batch_size * acc.num_processes * self.gradient_accumulation_steps
         checkpoint = resumed_from
-        window_loss, window_steps, window_start = 0.0, 0, time.monotonic()
+        window: dict[str, list[float]] = {}  # logged name -> [sum, count] over the logging window
+        window_steps, window_start = 0, time.monotonic()
         stop_reason = "max_steps reached" if self.step >= cfg.max_steps else None
-        micro_losses: list[torch.Tensor] = []
+        micro: list[list[tuple[torch.Tensor, dict[str, torch.Tensor]]]] = [[] for _ in self.phases]
         self.model.train()
 
         while stop_reason is None:
@@ -411,39 +488,47 @@ class Trainer:
                 seen_any = True
                 self.batch_in_epoch += 1
                 over_time = False
+                losses: dict[str, float] = {}
                 with acc.accumulate(self.model):
-                    with acc.autocast():
-                        loss = self.loss_fn(self.model, batch)
-                    if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
-                        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-                        raise TrainingError(f"{self.stage_name}: loss_fn must return a scalar tensor, got {shape}")
-                    micro_losses.append(loss.detach().float())
-                    acc.backward(loss)
-                    if acc.sync_gradients:
-                        over_time = deadline is not None and time.monotonic() >= deadline
-                        # One collective per step: the loss for NaN checks and logging, and the time
-                        # budget, so that every process takes the same decision.
-                        mean = torch.stack(micro_losses).mean()
-                        local = torch.stack([mean, torch.tensor(float(over_time), device=mean.device)])
-                        total = acc.reduce(local, reduction="sum").tolist()
-                        micro_losses.clear()
-                        step_loss, over_time = total[0] / acc.num_processes, total[1] > 0
+                    for i, phase in enumerate(self.phases):
+                        with acc.autocast():
+                            output = phase.loss_fn(self.model, batch)
+                        loss, metrics = split_loss(output, self._where(phase))
+                        micro[i].append((loss.detach().float(), metrics))
+                        acc.backward(loss)
+                        if not acc.sync_gradients:
+                            continue
+                        over_time = over_time or (deadline is not None and time.monotonic() >= deadline)
+                        # One collective per step and phase: the loss for NaN checks and logging, the metrics
+                        # and the time budget, so that every process takes the same decision.
+                        step_loss, values, over_time = self._reduce(micro[i], over_time)
+                        micro[i].clear()
                         if not math.isfinite(step_loss):
-                            self._fail(f"loss is {step_loss}", checkpoint)
-                        if self.max_grad_norm:
-                            norm = float(acc.clip_grad_norm_(self.model.parameters(), self.max_grad_norm))
+                            self._fail(f"{self._where(phase, short=True)}loss is {step_loss}", checkpoint)
+                        if phase.max_grad_norm:
+                            norm = float(acc.clip_grad_norm_(self._phase_params[i], phase.max_grad_norm))
                             if not math.isfinite(norm) and cfg.mixed_precision != "fp16":
-                                self._fail(f"gradient norm is {norm}", checkpoint)
-                        self.optimizer.step()
-                        self.scheduler.step()
-                        self.optimizer.zero_grad(set_to_none=True)
+                                self._fail(f"{self._where(phase, short=True)}gradient norm is {norm}", checkpoint)
+                        self.optimizers[i].step()
+                        self.schedulers[i].step()
+                        self.optimizers[i].zero_grad(set_to_none=True)
+                        if self.multi_phase:  # gradients a phase left on the other phases' parameters
+                            self.model.zero_grad(set_to_none=True)
+                        losses[phase.name] = step_loss
+                        for key, value in {"loss": step_loss, **values}.items():
+                            entry = window.setdefault(self._log_name(phase, key), [0.0, 0])
+                            entry[0], entry[1] = entry[0] + value, entry[1] + 1
                 if not acc.sync_gradients:
                     continue
 
                 self.step += 1
-                self.ema.update(self.unwrapped_model)
+                self.ema.update(
+                    self.unwrapped_model.get_submodule(self.ema_of) if self.ema_of else self.unwrapped_model
+                )
+                step_loss = sum(losses.values())
                 self.last_loss = step_loss
-                window_loss, window_steps = window_loss + step_loss, window_steps + 1
+                self.last_losses = losses if self.multi_phase else {}
+                window_steps += 1
                 if self.step >= cfg.max_steps:
                     stop_reason = "max_steps reached"
                 elif over_time:
@@ -451,15 +536,12 @@ class Trainer:
 
                 now = time.monotonic()
                 rate = window_steps * samples_per_step / max(now - window_start, 1e-9)
-                bar.set_postfix(loss=f"{step_loss:.4f}", samples_s=f"{rate:.1f}", refresh=False)
+                shown = losses if self.multi_phase else {"loss": step_loss}
+                bar.set_postfix({k: f"{v:.4f}" for k, v in shown.items()}, samples_s=f"{rate:.1f}", refresh=False)
                 bar.update(1)
                 if self.step % self.log_every == 0 or stop_reason:
-                    lr = self.scheduler.get_last_lr()[0]
-                    acc.log(
-                        {"loss": window_loss / window_steps, "lr": lr, "samples_per_second": rate, "epoch": self.epoch},
-                        step=self.step,
-                    )
-                    window_loss, window_steps, window_start = 0.0, 0, now
+                    self._log(window, rate)
+                    window, window_steps, window_start = {}, 0, now
                 if self.step % cfg.checkpoint_every == 0 or stop_reason:
                     checkpoint = self._save()  # always at a stop, so a resume continues from here
                 if self.sample_fn is not None and (self.step % self.sample_every == 0 or stop_reason):
@@ -483,7 +565,43 @@ class Trainer:
             final_loss=self.last_loss,
             stop_reason=stop_reason,
             checkpoint=checkpoint,
+            final_losses=dict(self.last_losses) if self.multi_phase else None,
         )
+
+    def _where(self, phase: Phase, short: bool = False) -> str:
+        if short:
+            return f"{phase.name} " if self.multi_phase else ""
+        return f"{self.stage_name} ({phase.name} phase)" if self.multi_phase else self.stage_name
+
+    def _log_name(self, phase: Phase, key: str) -> str:
+        """Logged names: bare for one loss; ``loss/<phase>`` and ``<phase>/<key>`` for several phases."""
+        if not self.multi_phase:
+            return key
+        return f"loss/{phase.name}" if key == "loss" else f"{phase.name}/{key}"
+
+    def _reduce(
+        self, micro: list[tuple[torch.Tensor, dict[str, torch.Tensor]]], over_time: bool
+    ) -> tuple[float, dict[str, float], bool]:
+        """Mean loss and metrics over the accumulated micro-batches and the processes; any process over time."""
+        loss = torch.stack([m[0] for m in micro]).mean()
+        keys = sorted({k for _, metrics in micro for k in metrics})
+        values = [torch.stack([m[1][k] for m in micro if k in m[1]]).mean().to(loss.device) for k in keys]
+        local = torch.stack([loss, torch.tensor(float(over_time), device=loss.device), *values])
+        total = self.accelerator.reduce(local, reduction="sum").tolist()
+        n = self.accelerator.num_processes
+        return total[0] / n, {k: v / n for k, v in zip(keys, total[2:], strict=True)}, total[1] > 0
+
+    def _log(self, window: dict[str, list[float]], rate: float) -> None:
+        """Log the window's means, LRs and speed; ``on_log`` may add scalars (main process)."""
+        acc = self.accelerator
+        logged = {name: total / max(count, 1) for name, (total, count) in window.items()}
+        for phase, scheduler in zip(self.phases, self.schedulers, strict=True):
+            logged[f"lr/{phase.name}" if self.multi_phase else "lr"] = scheduler.get_last_lr()[0]
+        logged.update({"samples_per_second": rate, "epoch": self.epoch})
+        if self.on_log is not None and acc.is_main_process:
+            with preserved_rng(), torch.no_grad():
+                logged.update(self.on_log(self.step, dict(logged)) or {})
+        acc.log(logged, step=self.step)
 
     def _fail(self, what: str, checkpoint: Path | None) -> None:
         kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written yet"
@@ -501,13 +619,15 @@ class Trainer:
         epoch, batch = self.epoch, self.batch_in_epoch
         if not self.streamed and batch >= len(self.dataloader):
             epoch, batch = epoch + 1, 0
+        optimizer_state, scheduler_state = self._optimizer_states()
         state = {
             "stage": self.stage_name,
             "epoch": epoch,
             "batch": batch,
             "ema_updates": self.ema.num_updates,
             "loss": self.last_loss,
-            "scheduler": self.scheduler.state_dict(),
+            "losses": self.last_losses,
+            "scheduler": scheduler_state,
             "data": self._data_signature(),
             "train": dataclasses.asdict(self.config),
         }
@@ -521,7 +641,7 @@ class Trainer:
                     step=self.step,
                     model=self.unwrapped_model,
                     ema_model=self.ema.model,
-                    optimizer_state=self.optimizer.state_dict(),
+                    optimizer_state=optimizer_state,
                     state=state,
                     rng_states=rng_states,
                     run_config=self.run_config,

@@ -1,0 +1,308 @@
+"""Text-conditional GAN networks: a generator G(z, s) and a discriminator D(x, s) -> logit.
+
+``s`` is the frozen CLIP sentence embedding of the caption (L2-normalised, ``embed_dim`` wide); ``z`` is
+Gaussian noise. Two architectures (``GanConfig.arch``):
+
+* ``dfgan`` (default; DF-GAN, Tao et al. 2022, and its GALIP successor): G maps z by a linear layer to a
+  4x4 feature map, then upsampling blocks whose features are modulated, before each convolution, by a
+  per-channel scale and shift predicted from [s, z] (the DFBlock's "deep fusion"); a tanh image at
+  ``image_size``. D: a 3x3 convolution, then residual strided blocks down to a 4x4 feature map, which is
+  concatenated with s broadcast over it, convolved and reduced to one logit: the matching-aware head
+  judges whether the image is real *and* fits the caption. Channels double at each halving of the
+  resolution, from ``g_width`` / ``d_width`` at full resolution up to ``max_mult`` times that.
+* ``article`` (the founding article's Keras recipe, done right): a dense G on [z, s], 128-256-512-1024
+  units with LeakyReLU 0.2 (BatchNorm after the 256, 512 and 1024 layers; Keras' momentum 0.8 is
+  PyTorch's 0.2, and Keras' epsilon 1e-3 is kept), then a tanh layer to the image; a D of four 3x3
+  convolutions of stride 2 (32-64-128-256, LeakyReLU 0.2), flattened, concatenated with s and mapped
+  to one logit (the article's sigmoid output is applied inside the BCE loss).
+
+Spectral normalisation of every discriminator layer is optional (``spectral_norm``). The generator alone
+is what a GAN pipeline folder ships: ``Generator.save_pretrained`` / ``Generator.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["ARCHS", "Discriminator", "GanConfig", "GanConfigError", "Generator"]
+
+ARCHS = ("dfgan", "article")
+CONFIG_VERSION = 1
+
+
+class GanConfigError(ValueError):
+    """A GAN network config is invalid; the message names the key."""
+
+
+@dataclass
+class GanConfig:
+    """Network hyper-parameters (sizes from the data and the CLIP are filled in by the stage)."""
+
+    arch: str = "dfgan"  # dfgan | article
+    image_size: int = 32
+    channels: int = 3  # image channels: 1 (grayscale data) or 3
+    embed_dim: int = 128  # CLIP sentence embedding width
+    z_dim: int = 100
+    g_width: int = 32  # dfgan: generator channels at full resolution
+    d_width: int = 32  # dfgan: discriminator channels at full resolution
+    max_mult: int = 8  # dfgan: channels grow x2 per halving of the resolution, at most x max_mult
+    dense_widths: list[int] = field(default_factory=lambda: [128, 256, 512, 1024])  # article G
+    conv_widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # article D
+    spectral_norm: bool = False  # on every discriminator layer
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        checks = [
+            (self.arch in ARCHS, f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}"),
+            (self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}"),
+            (self.embed_dim >= 1 and self.z_dim >= 1, "embed_dim and z_dim must be >= 1"),
+            (self.g_width >= 1 and self.d_width >= 1 and self.max_mult >= 1, "widths and max_mult must be >= 1"),
+            (all(w >= 1 for w in self.dense_widths) and len(self.dense_widths) >= 1, "dense_widths: >= 1 each"),
+            (all(w >= 1 for w in self.conv_widths) and len(self.conv_widths) >= 1, "conv_widths: >= 1 each"),
+        ]
+        if self.arch == "dfgan":
+            blocks = math.log2(self.image_size / 4) if self.image_size >= 8 else -1
+            checks.append(
+                (
+                    blocks >= 1 and blocks == int(blocks),
+                    f"the dfgan networks need image_size = 4 x a power of two (8, 16, 32, 64, ...), "
+                    f"got {self.image_size}",
+                )
+            )
+        else:
+            checks.append(
+                (8 <= self.image_size <= 128, f"the article networks need image_size 8..128, got {self.image_size}")
+            )
+        for ok, message in checks:
+            if not ok:
+                raise GanConfigError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GanConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise GanConfigError(f"unknown GAN network keys {', '.join(unknown)}; keys: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    def widths(self, base: int) -> dict[int, int]:
+        """dfgan channels per resolution: ``base`` at full size, doubling per halving, capped at base * max_mult."""
+        out, r = {}, self.image_size
+        while r >= 4:
+            out[r] = base * min(self.max_mult, self.image_size // r)
+            r //= 2
+        return out
+
+
+def _sn(layer: nn.Module, on: bool) -> nn.Module:
+    return nn.utils.parametrizations.spectral_norm(layer) if on else layer
+
+
+# -- DF-GAN ------------------------------------------------------------------------------------------
+
+
+class Affine(nn.Module):
+    """Per-channel scale and shift predicted from the condition; identity at initialisation (as DF-GAN)."""
+
+    def __init__(self, cond_dim: int, channels: int) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(cond_dim, channels)
+        self.out = nn.Linear(channels, 2 * channels)
+        nn.init.zeros_(self.out.weight)
+        with torch.no_grad():
+            self.out.bias.copy_(torch.cat([torch.ones(channels), torch.zeros(channels)]))
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.out(F.relu(self.hidden(cond))).chunk(2, dim=1)
+        return gamma[:, :, None, None] * x + beta[:, :, None, None]
+
+
+class Fusion(nn.Module):
+    """DF-GAN's deep fusion: two affine modulations, each followed by LeakyReLU 0.2."""
+
+    def __init__(self, cond_dim: int, channels: int) -> None:
+        super().__init__()
+        self.a0, self.a1 = Affine(cond_dim, channels), Affine(cond_dim, channels)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        x = F.leaky_relu(self.a0(x, cond), 0.2)
+        return F.leaky_relu(self.a1(x, cond), 0.2)
+
+
+class UpBlock(nn.Module):
+    """x2 nearest upsampling, [fusion, 3x3 conv] twice, plus a (1x1 when the width changes) shortcut."""
+
+    def __init__(self, cond_dim: int, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.fuse1, self.conv1 = Fusion(cond_dim, c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.fuse2, self.conv2 = Fusion(cond_dim, c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        h = self.conv1(self.fuse1(x, cond))
+        h = self.conv2(self.fuse2(h, cond))
+        return self.shortcut(x) + h
+
+
+class DownBlock(nn.Module):
+    """DF-GAN's discriminator block: 4x4 stride-2 conv, 3x3 conv (LeakyReLU 0.2), added to the
+    average-pooled (1x1-convolved) input, the residual scaled by a learned gain that starts at 0."""
+
+    def __init__(self, c_in: int, c_out: int, spectral: bool) -> None:
+        super().__init__()
+        self.conv1 = _sn(nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), spectral)
+        self.conv2 = _sn(nn.Conv2d(c_out, c_out, 3, padding=1), spectral)
+        self.shortcut = _sn(nn.Conv2d(c_in, c_out, 1), spectral) if c_in != c_out else nn.Identity()
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.leaky_relu(self.conv2(F.leaky_relu(self.conv1(x), 0.2)), 0.2)
+        return self.shortcut(F.avg_pool2d(x, 2)) + self.gamma * h  # pool, then 1x1: the same, 4x cheaper
+
+
+class DFGenerator(nn.Module):
+    def __init__(self, c: GanConfig) -> None:
+        super().__init__()
+        widths = c.widths(c.g_width)
+        sizes = sorted(widths)  # 4, 8, ..., image_size
+        cond = c.z_dim + c.embed_dim
+        self.c4 = widths[4]
+        self.fc = nn.Linear(c.z_dim, self.c4 * 16)
+        self.blocks = nn.ModuleList(UpBlock(cond, widths[a], widths[b]) for a, b in zip(sizes, sizes[1:], strict=False))
+        self.to_image = nn.Conv2d(widths[c.image_size], c.channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        cond = torch.cat([s, z], dim=1)
+        x = self.fc(z).view(z.shape[0], self.c4, 4, 4)
+        for block in self.blocks:
+            x = block(x, cond)
+        return torch.tanh(self.to_image(F.leaky_relu(x, 0.2)))
+
+
+class DFDiscriminator(nn.Module):
+    def __init__(self, c: GanConfig) -> None:
+        super().__init__()
+        widths = c.widths(c.d_width)
+        sizes = sorted(widths, reverse=True)  # image_size, ..., 4
+        sn = c.spectral_norm
+        self.from_image = _sn(nn.Conv2d(c.channels, widths[c.image_size], 3, padding=1), sn)
+        self.blocks = nn.Sequential(
+            *(DownBlock(widths[a], widths[b], sn) for a, b in zip(sizes, sizes[1:], strict=False))
+        )
+        c4 = widths[4]
+        self.joint = _sn(nn.Conv2d(c4 + c.embed_dim, 2 * c.d_width, 3, padding=1), sn)
+        self.logit = _sn(nn.Conv2d(2 * c.d_width, 1, 4), sn)
+
+    def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        h = self.blocks(self.from_image(x))
+        h = torch.cat([h, s[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])], dim=1)
+        return self.logit(F.leaky_relu(self.joint(h), 0.2)).flatten()
+
+
+# -- the article's networks --------------------------------------------------------------------------
+
+
+class DenseGenerator(nn.Module):
+    def __init__(self, c: GanConfig) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = c.z_dim + c.embed_dim
+        for i, units in enumerate(c.dense_widths):
+            layers.append(nn.Linear(width, units))
+            if i > 0:  # as the Keras / PyTorch-GAN original: no BatchNorm after the first layer
+                layers.append(nn.BatchNorm1d(units, momentum=0.2, eps=1e-3))  # Keras momentum 0.8
+            layers.append(nn.LeakyReLU(0.2))
+            width = units
+        layers.append(nn.Linear(width, c.channels * c.image_size**2))
+        self.net = nn.Sequential(*layers)
+        self.shape = (c.channels, c.image_size, c.image_size)
+
+    def forward(self, z: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.net(torch.cat([z, s], dim=1))).view(z.shape[0], *self.shape)
+
+
+class ConvDiscriminator(nn.Module):
+    def __init__(self, c: GanConfig) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width, size = c.channels, c.image_size
+        for units in c.conv_widths:
+            layers += [_sn(nn.Conv2d(width, units, 3, stride=2, padding=1), c.spectral_norm), nn.LeakyReLU(0.2)]
+            width, size = units, (size + 1) // 2
+        self.convs = nn.Sequential(*layers)
+        self.logit = _sn(nn.Linear(width * size * size + c.embed_dim, 1), c.spectral_norm)
+
+    def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return self.logit(torch.cat([self.convs(x).flatten(1), s], dim=1)).flatten()
+
+
+# -- public ------------------------------------------------------------------------------------------
+
+
+class Generator(nn.Module):
+    """G(z, s) -> images (B, channels, image_size, image_size) in [-1, 1]."""
+
+    def __init__(self, config: GanConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.net = DFGenerator(config) if config.arch == "dfgan" else DenseGenerator(config)
+
+    @property
+    def z_dim(self) -> int:
+        return self.config.z_dim
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    def forward(self, z: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return self.net(z, s)
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """``folder/config.json`` + ``folder/model.safetensors``, each written atomically."""
+        from dalle2.training.checkpoint import save_component
+
+        return save_component(
+            self, folder, {"model": "gan-generator", "config_version": CONFIG_VERSION, **self.config.to_dict()}
+        )
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> Generator:
+        from dalle2.training.checkpoint import load_weights
+
+        folder = Path(folder)
+        try:
+            data = json.loads((folder / "config.json").read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise GanConfigError(f"{folder / 'config.json'}: cannot read the generator config ({error})") from None
+        if data.pop("model", None) != "gan-generator" or data.pop("config_version", None) != CONFIG_VERSION:
+            raise GanConfigError(f"{folder}: not a version-{CONFIG_VERSION} GAN generator folder")
+        model = cls(GanConfig.from_dict(data))
+        load_weights(model, folder / "model.safetensors")
+        return model.eval()
+
+
+class Discriminator(nn.Module):
+    """D(x, s) -> one logit per image: real and matching the caption (> 0) or not (< 0)."""
+
+    def __init__(self, config: GanConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.net = DFDiscriminator(config) if config.arch == "dfgan" else ConvDiscriminator(config)
+
+    def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return self.net(x, s)
