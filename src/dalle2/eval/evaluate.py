@@ -382,6 +382,8 @@ def evaluate_model(
 
     pipe = pipeline if pipeline is not None else load(model_dir)
     sample_kwargs = dict(sample_kwargs or {})
+    if sample_kwargs and getattr(pipe, "kind", None) != "unclip":
+        raise EvalError(f"{', '.join(sample_kwargs)}: sampler options apply to unCLIP models only, not {model_dir}")
     records = benchmark(data, quick, features=features, clip=clip)
     prompts = [r["prompt"] for r in records]
     images: list[Image.Image] = []

@@ -84,7 +84,7 @@ def scaled_max_steps(stage: str, preset: str, config: str | None, sets: list[str
     """The stage's resolved ``train.max_steps`` (preset < YAML < --set), times ``scale``, at least 1."""
     from dalle2.config import load_config
 
-    others = tuple(s for s in STAGES if s != stage)
+    others = tuple(s for s in (*STAGES, "gan") if s != stage)
     overrides, _ = merge_overrides(_train_defaults(stage, preset), config, sets, stage, ignore=others)
     base = load_config(preset, None, overrides).train.max_steps
     return max(1, int(round(base * scale)))
@@ -247,7 +247,7 @@ def train_all(args: argparse.Namespace | dict[str, Any] | None = None, **kwargs:
         for stage in STAGES:
             max_steps[stage] = scaled_max_steps(stage, preset, opts.get("config"), sets, scale)
 
-    shared, _ = merge_overrides({}, opts.get("config"), sets, "clip", ignore=STAGES)  # the non-stage sections
+    shared, _ = merge_overrides({}, opts.get("config"), sets, "clip", ignore=(*STAGES, "gan"))  # the non-stage sections
     summary: dict[str, Any] = {
         "out": str(out),
         "preset": preset,

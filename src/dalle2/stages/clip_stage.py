@@ -50,7 +50,7 @@ def _resolve(
         load_config(preset)  # raises the shared "unknown preset" ConfigError
     # a shared YAML (``dalle2 train all --config``) may hold the other stages' sections: ignored here
     overrides, clip_updates = merge_overrides(
-        CLIP_TRAIN_PRESETS[preset], config_path, sets, "clip", ignore=("prior", "decoder", "upsampler")
+        CLIP_TRAIN_PRESETS[preset], config_path, sets, "clip", ignore=("prior", "decoder", "upsampler", "gan")
     )
     for dotted, value in (
         ("train.max_steps", max_steps),

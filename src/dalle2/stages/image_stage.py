@@ -101,7 +101,7 @@ def _resolve(stage: str, opts: dict[str, Any]) -> tuple[Any, dict[str, Any], dic
     presets = IMAGE_STAGE_PRESETS[stage]
     if preset not in presets:
         load_config(preset)  # raises the shared "unknown preset" ConfigError
-    other = tuple(s for s in ("clip", "prior", "decoder", "upsampler") if s != stage)
+    other = tuple(s for s in ("clip", "prior", "decoder", "upsampler", "gan") if s != stage)
     overrides, own = merge_overrides(
         presets[preset]["train"], opts.get("config"), list(opts.get("overrides") or opts.get("set") or []), stage, other
     )

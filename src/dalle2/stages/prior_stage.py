@@ -82,7 +82,7 @@ def _resolve(
         raise PriorStageError(f"unknown prior preset {preset!r}; choose one of {', '.join(PRIOR_TRAIN_PRESETS)}")
     # a shared YAML may hold the other stages' sections: ignored here
     overrides, prior_updates = merge_overrides(
-        PRIOR_TRAIN_PRESETS[preset], config_path, sets, "prior", ignore=("clip", "decoder", "upsampler")
+        PRIOR_TRAIN_PRESETS[preset], config_path, sets, "prior", ignore=("clip", "decoder", "upsampler", "gan")
     )
     if max_steps is not None:
         overrides.setdefault("train", {})["max_steps"] = max_steps
