@@ -22,22 +22,22 @@ def build(name: str):
     from dalle2.models.transformer import DiffusionTransformer, TransformerConfig
     from dalle2.models.unet import UNet, UNetConfig
 
-    if name == "ours-transformer (cpu preset)":
+    if name == "ours-transformer (arch=transformer)":
         return DiffusionTransformer(
             TransformerConfig(width=192, depth=6, heads=3, patch_size=4, embed_dim=128, context_dim=128)
         )
-    if name == "ours-unet":
-        return UNet(UNetConfig(channels=[64, 96, 128], attention=[False, False, True], embed_dim=128, context_dim=128))
+    if name == "ours-unet (cpu preset)":
+        return UNet(UNetConfig(channels=[32, 64, 128], attention=[False, False, True], embed_dim=128, context_dim=128))
     if name == "diffusers UNet2DConditionModel":
         from diffusers import UNet2DConditionModel
 
         return UNet2DConditionModel(
             sample_size=32, in_channels=3, out_channels=3, layers_per_block=1,
-            block_out_channels=(64, 96, 128),
+            block_out_channels=(32, 64, 128),
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
             cross_attention_dim=128, attention_head_dim=32, class_embed_type="projection",
-            projection_class_embeddings_input_dim=128, norm_num_groups=16,
+            projection_class_embeddings_input_dim=128, norm_num_groups=8,
         )  # fmt: skip
     raise ValueError(name)
 
@@ -73,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    names = ["ours-transformer (cpu preset)", "ours-unet", "diffusers UNet2DConditionModel"]
+    names = ["ours-transformer (arch=transformer)", "ours-unet (cpu preset)", "diffusers UNet2DConditionModel"]
     models = {n: build(n) for n in names}
     steps = {n: step_fn(n, m, args.batch) for n, m in models.items()}
     for s in steps.values():

@@ -2,7 +2,9 @@
 
 Why: on CPU, convolutions (above all their backward pass) run far below the matmul peak, and a
 Transformer of the same parameter count trains several times faster per sample at 32x32
-(``benchmarks/decoder_speed.py``). The conditioning is the paper's, as in :mod:`dalle2.models.unet`:
+(``benchmarks/decoder_speed.py``). Measured on ``shapes``, though, it learns object layout far more slowly
+per sample than the UNet, so the ``cpu`` preset's decoder is the UNet and this is ``decoder.arch=transformer``.
+The conditioning is the paper's, as in :mod:`dalle2.models.unet`:
 
 * timestep embedding + projected CLIP image embedding ``z_i`` -> per-block adaptive LayerNorm scale,
   shift and gate (DiT's adaLN-Zero);

@@ -2,9 +2,10 @@
 
 Why project-written: the conditioning below is the paper's (z_i added to the timestep embedding *and* turned
 into extra context tokens, each droppable for guidance), which diffusers' blocks do not have in one model.
-It is the upsampler's network (convolution-only, as the paper's) and the decoder's ``arch: unet`` option;
-the decoder defaults to :mod:`dalle2.models.transformer`, faster on CPU (``benchmarks/decoder_speed.py``
-times this UNet, that Transformer and diffusers' ``UNet2DConditionModel``).
+It is the upsampler's network (convolution-only, as the paper's) and the ``cpu`` preset's decoder (with
+attention at 8x8). :mod:`dalle2.models.transformer` runs faster per sample on CPU but learned layout more
+slowly (``benchmarks/decoder_speed.py`` times this UNet, that Transformer and diffusers'
+``UNet2DConditionModel``).
 
 Conditioning, as in unCLIP's decoder (Ramesh et al. 2022, section 2.1):
 
