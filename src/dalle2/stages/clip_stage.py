@@ -27,7 +27,7 @@ import yaml
 
 from dalle2.models.clip import CLIP_TRAIN_PRESETS, ClipConfig, ClipError, ClipModel, clip_preset
 from dalle2.pipeline import FORMAT, FORMAT_VERSION
-from dalle2.stages.common import merge_overrides, printer, stage_options
+from dalle2.stages.common import default_trackers, merge_overrides, printer, stage_options
 
 __all__ = ["evaluate_clip", "train_clip", "write_model_index"]
 
@@ -293,12 +293,7 @@ def _train(model: ClipModel, dataset: Any, config: Any, clip_config: ClipConfig,
         images = batch["image"]
         return m(images, ids.to(images.device), mask.to(images.device))
 
-    log_with = opts.get("log_with", ("tensorboard",))
-    if log_with == ("tensorboard",):
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            log_with = None
+    log_with = default_trackers(opts)
     trainer = Trainer(
         model,
         loss_fn,

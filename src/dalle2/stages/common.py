@@ -66,3 +66,27 @@ def printer(quiet: bool):
             print(message, flush=True)
 
     return log
+
+
+def load_frozen_clip(out: Path, stage: str, error: type[Exception]) -> Any:
+    """``OUT/clip`` loaded frozen, in eval mode; ``error`` (the stage's) says how to train it if missing."""
+    from dalle2.models.clip import ClipModel
+
+    folder = out / "clip"
+    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+        raise error(
+            f"{folder}: no trained CLIP in this pipeline folder; the {stage} needs one: "
+            f"run `dalle2 train clip --out {out}` first"
+        )
+    return ClipModel.load(folder).requires_grad_(False).eval()
+
+
+def default_trackers(opts: dict[str, Any]) -> Any:
+    """The stage's ``log_with``: TensorBoard by default, silently none if tensorboard is not installed."""
+    log_with = opts.get("log_with", ("tensorboard",))
+    if log_with == ("tensorboard",):
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            return None
+    return log_with

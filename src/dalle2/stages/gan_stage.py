@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import yaml
 
 from dalle2.gan_pipeline import sentence_embeddings
-from dalle2.stages.common import merge_overrides, printer, stage_options
+from dalle2.stages.common import default_trackers, merge_overrides, printer, stage_options
 
 __all__ = ["GAN_DEFAULTS", "GAN_PRESETS", "GanStageError", "evaluate_gan", "train_gan"]
 
@@ -342,16 +342,6 @@ def ensure_clip(out: Path, opts: dict[str, Any], config: Any, log: Callable[[str
     return ClipModel.load(out / "clip").requires_grad_(False).eval()
 
 
-def _trackers(opts: dict[str, Any]) -> Any:
-    log_with = opts.get("log_with", ("tensorboard",))
-    if log_with == ("tensorboard",):
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            return None
-    return log_with
-
-
 # -- evaluation --------------------------------------------------------------------------------------
 
 
@@ -527,7 +517,7 @@ def _train(objective, clip, dataset, config, keys, out, opts, crop, test_images,
         out / "training" / "gan",
         ema_decay=keys["ema_decay"],
         ema_of="generator",
-        log_with=_trackers(opts),
+        log_with=default_trackers(opts),
         stage_name="gan",
         sample_fn=sample_fn,
         sample_every=keys["sample_every"],

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from dalle2.stages.common import merge_overrides, printer, stage_options
+from dalle2.stages.common import default_trackers, load_frozen_clip, merge_overrides, printer, stage_options
 
 __all__ = ["IMAGE_STAGE_PRESETS", "ImageStageError", "train_decoder", "train_upsampler"]
 
@@ -152,28 +152,6 @@ def _build(stage: str, model: dict[str, Any], sizes: dict[str, Any]) -> Any:
         raise ImageStageError(f"invalid {stage} section: {error}") from None
 
 
-def _load_clip(out: Path) -> Any:
-    from dalle2.models.clip import ClipModel
-
-    folder = out / "clip"
-    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
-        raise ImageStageError(
-            f"{folder}: no trained CLIP in this pipeline folder; the decoder needs one: "
-            f"run `dalle2 train clip --out {out}` first"
-        )
-    return ClipModel.load(folder).requires_grad_(False).eval()
-
-
-def _trackers(opts: dict[str, Any]) -> Any:
-    log_with = opts.get("log_with", ("tensorboard",))
-    if log_with == ("tensorboard",):
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            return None
-    return log_with
-
-
 # -- decoder -----------------------------------------------------------------------------------------
 
 
@@ -211,7 +189,7 @@ def train_decoder(args: argparse.Namespace | dict[str, Any] | None = None, **kwa
     log = printer(bool(opts.get("quiet")))
     out = Path(opts["out"])
     config, model_spec, keys = _resolve("decoder", opts)
-    clip = _load_clip(out)
+    clip = load_frozen_clip(out, "decoder", ImageStageError)
     from dalle2.data import open_dataset
 
     resolution = clip.image_size if clip.source == "trained" else config.data.resolution
@@ -413,7 +391,7 @@ def _train(stage, model, loss_fn, dataset, config, keys, out, opts, sample_fn, c
         config.train,
         out / "training" / stage,
         ema_decay=keys["ema_decay"],
-        log_with=_trackers(opts),
+        log_with=default_trackers(opts),
         stage_name=stage,
         sample_fn=sample_fn,
         run_config={**config.to_dict(), stage: {**model.config.to_dict(), **keys}},

@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 
 from dalle2.models.prior import PRESETS as PRIOR_PRESETS
 from dalle2.models.prior import DiffusionPrior, EmbeddingStats, PriorConfig, prior_report
-from dalle2.stages.common import merge_overrides, printer, stage_options
+from dalle2.stages.common import default_trackers, load_frozen_clip, merge_overrides, printer, stage_options
 
 __all__ = ["PRIOR_STAGE_PRESETS", "PRIOR_TRAIN_PRESETS", "PriorStageError", "encode_pairs", "train_prior"]
 
@@ -125,19 +125,6 @@ def _prior_config(preset: str, updates: dict[str, Any], clip_dims: dict[str, int
 
 
 # -- the CLIP pool -----------------------------------------------------------------------------------
-
-
-def _load_clip(out: Path) -> Any:
-    from dalle2.models.clip import ClipModel
-
-    folder = out / "clip"
-    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
-        raise PriorStageError(
-            f"{folder}: no trained CLIP in this pipeline folder; the prior needs one: "
-            f"run `dalle2 train clip --out {out}` first"
-        )
-    clip = ClipModel.load(folder)
-    return clip.requires_grad_(False).eval()
 
 
 @torch.no_grad()
@@ -251,7 +238,7 @@ def train_prior(args: argparse.Namespace | dict[str, Any] | None = None, **kwarg
         opts.get("max_minutes"),
         opts.get("data"),
     )
-    clip = _load_clip(out)
+    clip = load_frozen_clip(out, "prior", PriorStageError)
 
     from dalle2.data import open_dataset
 
@@ -336,12 +323,7 @@ def _train(
         pred = m(x_t, t, batch["text_embed"], batch["text_tokens"], batch["text_mask"], drop=drop)
         return diffusion.mse_per_sample(pred.float(), x0).mean()
 
-    log_with = opts.get("log_with", ("tensorboard",))
-    if log_with == ("tensorboard",):
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            log_with = None
+    log_with = default_trackers(opts)
     trainer = Trainer(
         prior,
         loss_fn,
