@@ -27,7 +27,7 @@ import yaml
 
 from dalle2.models.clip import CLIP_TRAIN_PRESETS, ClipConfig, ClipError, ClipModel, clip_preset
 from dalle2.pipeline import FORMAT, FORMAT_VERSION
-from dalle2.stages.common import default_trackers, merge_overrides, printer, stage_options
+from dalle2.stages.common import default_trackers, merge_overrides, printer, stage_options, train_summary
 
 __all__ = ["evaluate_clip", "train_clip", "write_model_index"]
 
@@ -311,12 +311,4 @@ def _train(model: ClipModel, dataset: Any, config: Any, clip_config: ClipConfig,
     trainer.save_ema(out / "clip", model.config)
     ema = trainer.ema_model
     ema.tokenizer = model.tokenizer
-    return {
-        "step": result.step,
-        "steps_this_run": result.steps_this_run,
-        "wall_seconds": round(result.wall_seconds, 1),
-        "samples_per_second": round(result.samples_per_second, 1),
-        "final_loss": result.final_loss,
-        "stop_reason": result.stop_reason,
-        "ema_model": ema,
-    }
+    return {**train_summary(result), "ema_model": ema}

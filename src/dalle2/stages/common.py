@@ -90,3 +90,15 @@ def default_trackers(opts: dict[str, Any]) -> Any:
         except ImportError:
             return None
     return log_with
+
+
+def train_summary(result: Any) -> dict[str, Any]:
+    """The report fields of a :class:`~dalle2.training.trainer.TrainResult` (rounded, JSON-ready)."""
+    return {
+        "step": result.step,
+        "steps_this_run": result.steps_this_run,
+        "wall_seconds": round(result.wall_seconds, 1),
+        "samples_per_second": round(result.samples_per_second, 1),
+        "final_loss": result.final_loss,
+        "stop_reason": result.stop_reason,
+    }

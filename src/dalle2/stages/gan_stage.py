@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import yaml
 
 from dalle2.gan_pipeline import sentence_embeddings
-from dalle2.stages.common import default_trackers, merge_overrides, printer, stage_options
+from dalle2.stages.common import default_trackers, merge_overrides, printer, stage_options, train_summary
 
 __all__ = ["GAN_DEFAULTS", "GAN_PRESETS", "GanStageError", "evaluate_gan", "train_gan"]
 
@@ -530,12 +530,6 @@ def _train(objective, clip, dataset, config, keys, out, opts, crop, test_images,
     )
     clip.to(trainer.accelerator.device)
     result = trainer.train(resume=bool(opts.get("resume")))
-    info = {
-        "step": result.step,
-        "steps_this_run": result.steps_this_run,
-        "wall_seconds": round(result.wall_seconds, 1),
-        "samples_per_second": round(result.samples_per_second, 1),
-        "final_losses": {k: round(v, 4) for k, v in (result.final_losses or {}).items()},
-        "stop_reason": result.stop_reason,
-    }
+    info = {k: v for k, v in train_summary(result).items() if k != "final_loss"}
+    info["final_losses"] = {k: round(v, 4) for k, v in (result.final_losses or {}).items()}
     return info, trainer, monitor

@@ -30,7 +30,14 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from dalle2.stages.common import default_trackers, load_frozen_clip, merge_overrides, printer, stage_options
+from dalle2.stages.common import (
+    default_trackers,
+    load_frozen_clip,
+    merge_overrides,
+    printer,
+    stage_options,
+    train_summary,
+)
 
 __all__ = ["IMAGE_STAGE_PRESETS", "ImageStageError", "train_decoder", "train_upsampler"]
 
@@ -401,12 +408,7 @@ def _train(stage, model, loss_fn, dataset, config, keys, out, opts, sample_fn, c
         clip.to(trainer.accelerator.device)
     result = trainer.train(resume=bool(opts.get("resume")))
     return {
-        "step": result.step,
-        "steps_this_run": result.steps_this_run,
-        "wall_seconds": round(result.wall_seconds, 1),
-        "samples_per_second": round(result.samples_per_second, 1),
-        "final_loss": result.final_loss,
-        "stop_reason": result.stop_reason,
+        **train_summary(result),
         "ema_model": trainer.ema_model,
         "is_main": trainer.accelerator.is_main_process,
     }

@@ -36,7 +36,14 @@ from torch.utils.data import Dataset
 
 from dalle2.models.prior import PRESETS as PRIOR_PRESETS
 from dalle2.models.prior import DiffusionPrior, EmbeddingStats, PriorConfig, prior_report
-from dalle2.stages.common import default_trackers, load_frozen_clip, merge_overrides, printer, stage_options
+from dalle2.stages.common import (
+    default_trackers,
+    load_frozen_clip,
+    merge_overrides,
+    printer,
+    stage_options,
+    train_summary,
+)
 
 __all__ = ["PRIOR_STAGE_PRESETS", "PRIOR_TRAIN_PRESETS", "PriorStageError", "encode_pairs", "train_prior"]
 
@@ -339,12 +346,7 @@ def _train(
     )
     result = trainer.train(resume=bool(opts.get("resume")))
     return {
-        "step": result.step,
-        "steps_this_run": result.steps_this_run,
-        "wall_seconds": round(result.wall_seconds, 1),
-        "samples_per_second": round(result.samples_per_second, 1),
-        "final_loss": result.final_loss,
-        "stop_reason": result.stop_reason,
+        **train_summary(result),
         "ema_model": trainer.ema_model,
         "is_main": trainer.accelerator.is_main_process,
     }
