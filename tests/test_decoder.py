@@ -192,6 +192,20 @@ def test_guided_sampling_unconditional_pass_sees_same_x_t_and_t():
     assert len(calls) == 2 and all(x.shape[0] == 2 and not kw["drop_image"].any() for x, _, kw in calls)
 
 
+def test_guidance_drops_text_only_keeps_z_i_in_the_unconditional_pass():
+    model = _decoder(randomize=True, guidance_drops=["text"])
+    calls = []
+    handle = model.net.register_forward_pre_hook(lambda m, a, kw: calls.append(dict(kw)), with_kwargs=True)
+    model.sample(torch.randn(2, 3, SIZE, SIZE), **_cond(2), guidance_scale=3.0, steps=2)
+    handle.remove()
+    for kw in calls:
+        assert not kw["drop_image"].any(), "z_i stays in both passes"
+        assert not kw["drop_text"][:2].any() and kw["drop_text"][2:].all()
+    assert model.config.to_dict()["guidance_drops"] == ("text",)
+    with pytest.raises(ValueError, match="guidance_drops must name image and/or text"):
+        DiffusionConfig(guidance_drops=["caption"])
+
+
 def test_guided_output_is_the_cfg_combination():
     """One step with guidance s equals uncond + s * (cond - uncond), computed from two plain passes."""
     model = _decoder(randomize=True, sampler="ddim")

@@ -207,3 +207,29 @@ def test_cli_parses_options():
     assert args.preset == "cpu" and args.progress and callable(args.func)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "all", "--out", "D", "--steps-scale", "0"])
+
+
+def test_train_all_and_generate_on_fashion_mnist(tmp_path):
+    """The whole unCLIP chain on a (tiny, written here) Fashion-MNIST folder: grayscale data, RGB images out,
+    the base and output resolutions of the tiny preset, and different prompts giving different images."""
+    import numpy as np
+
+    import dalle2
+    from tests.test_idx import make_split
+
+    root = tmp_path / "fmnist"
+    root.mkdir()
+    make_split(root, 40, "train", gz=True, seed=0)
+    make_split(root, 10, "t10k", gz=False, seed=1)
+    out = tmp_path / "pipe"
+    summary = train_all(out=str(out), skip_eval=True, **{**TINY, "data": f"fashion-mnist:{root}"})
+    assert [(s["stage"], s["status"]) for s in summary["stages"]][1:] == [
+        ("clip", "trained"), ("prior", "trained"), ("decoder", "trained"), ("upsampler", "trained"), ("eval", "skipped")
+    ]  # fmt: skip
+    pipe = dalle2.load(out)
+    assert pipe.resolutions == [16, 32]
+    boots, shirts = pipe(["an ankle boot", "a t-shirt"], n=1, seed=0)
+    assert boots.size == shirts.size == (32, 32) and boots.mode == "RGB"
+    assert not np.array_equal(np.asarray(boots), np.asarray(shirts))
+    again = pipe(["an ankle boot", "a t-shirt"], n=1, seed=0)[0]
+    assert np.array_equal(np.asarray(again), np.asarray(boots))  # reproducible from the seed

@@ -25,6 +25,8 @@ UNET_CONFIGS = [
     {"image_size": 8, "channels": [16], "attention": [True], "head_dim": 8, "embed_dim": 6, "context_dim": 10},
     {"image_size": 16, "channels": [16, 32], "attention": [False, True], "embed_dim": 6, "num_image_tokens": 2},
     {"image_size": 16, "in_channels": 1, "out_channels": 1, "channels": [16, 16], "attention": [False, False]},
+    {"image_size": 16, "channels": [16, 32], "attention": [False, True], "embed_dim": 6, "patch_size": 2},
+    {"image_size": 16, "channels": [16], "attention": [False], "low_res_channels": 3, "patch_size": 4},
 ]
 
 
@@ -55,6 +57,16 @@ def test_unet_output_shape_equals_input(spec):
         out = net(kw.pop("x"), kw.pop("t"), **kw)
     assert out.shape == (2, c.out_channels, c.image_size, c.image_size)
     assert torch.isfinite(out).all() and out.abs().sum() > 0
+
+
+def test_unet_patch_size_is_space_to_depth():
+    """patch_size 2 runs the levels at half resolution: a pixel only mixes with its own 2x2 block at conv_in."""
+    c = UNetConfig(image_size=16, channels=[16], attention=[False], patch_size=2)
+    net = _randomize(UNet(c))
+    assert net.conv_in.in_channels == 12 and net.conv_out.out_channels == 12
+    x = torch.randn(1, 3, 16, 16, requires_grad=True)
+    net(x, torch.tensor([3]))[0, :, 0, 0].sum().backward()
+    assert x.grad[0, :, :2, :2].abs().sum() > 0  # its own block reaches output pixel (0, 0)
 
 
 def test_unet_fresh_output_is_zero():
@@ -103,7 +115,8 @@ def test_unet_missing_conditions_are_clear_errors():
         ({"channels": []}, "channels must be multiples of 8"),
         ({"channels": [16, 32], "attention": [False]}, "attention needs one flag per level"),
         ({"channels": [16, 32, 64], "attention": [False, True]}, "attention needs one flag per level"),
-        ({"image_size": 10, "channels": [16, 32, 64], "attention": [False] * 3}, "image_size 10 must be divisible"),
+        ({"image_size": 10, "channels": [16, 32, 64], "attention": [False] * 3}, "must be divisible by 2"),
+            ({"image_size": 32, "patch_size": 3, "channels": [16], "attention": [False]}, "patch_size must be >= 1"),
         ({"blocks_per_level": 0, "channels": [16], "attention": [False]}, "blocks_per_level must be >= 1"),
     ],
 )

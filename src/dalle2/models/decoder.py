@@ -60,6 +60,9 @@ class DiffusionConfig:
     sampler: str = "ddim"
     sample_steps: int = 25
     guidance_scale: float = 3.0
+    # decoder: what the unconditional pass of guidance drops: both conditions (GLIDE / the paper: trained on
+    # 10% x 50% = 5% of the steps), or the caption only (z_i kept: trained on 50% of the steps)
+    guidance_drops: tuple[str, ...] = ("image", "text")
     eta: float = 0.0
 
     def __post_init__(self) -> None:
@@ -80,6 +83,9 @@ class DiffusionConfig:
         if self.role == "upsampler" and self.low_res_size < 1:
             raise ValueError("an upsampler needs low_res_size")
         self.blur_sigma = tuple(float(s) for s in self.blur_sigma)  # type: ignore[assignment]
+        self.guidance_drops = tuple(str(d) for d in self.guidance_drops)
+        if not self.guidance_drops or not set(self.guidance_drops) <= {"image", "text"}:
+            raise ValueError(f"guidance_drops must name image and/or text, got {list(self.guidance_drops)}")
         self.net_config()  # validate the network's keys now
 
     def net_config(self) -> TransformerConfig | UNetConfig:
@@ -208,7 +214,7 @@ class ImageDiffusion(nn.Module):
                 ).bool()
             cond["drop_image"] = torch.zeros(b, dtype=torch.bool, device=device)
             cond["drop_text"] = torch.zeros(b, dtype=torch.bool, device=device)
-            null = {"drop_image": torch.ones(1, dtype=torch.bool), "drop_text": torch.ones(1, dtype=torch.bool)}
+            null = {f"drop_{name}": torch.ones(1, dtype=torch.bool) for name in c.guidance_drops}
             if "text_tokens" not in cond:  # no caption at all: mask every (absent) caption token
                 cfg = self.net.config
                 if getattr(cfg, "context_dim", 0):
