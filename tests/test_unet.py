@@ -116,7 +116,7 @@ def test_unet_missing_conditions_are_clear_errors():
         ({"channels": [16, 32], "attention": [False]}, "attention needs one flag per level"),
         ({"channels": [16, 32, 64], "attention": [False, True]}, "attention needs one flag per level"),
         ({"image_size": 10, "channels": [16, 32, 64], "attention": [False] * 3}, "must be divisible by 2"),
-            ({"image_size": 32, "patch_size": 3, "channels": [16], "attention": [False]}, "patch_size must be >= 1"),
+        ({"image_size": 32, "patch_size": 3, "channels": [16], "attention": [False]}, "patch_size must be >= 1"),
         ({"blocks_per_level": 0, "channels": [16], "attention": [False]}, "blocks_per_level must be >= 1"),
     ],
 )
