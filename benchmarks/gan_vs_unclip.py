@@ -7,9 +7,12 @@ minutes) and one grid per dataset with the same prompts from every model.
 Each ``DATA:LABEL=DIR`` is a saved pipeline folder (either kind) scored with ``dalle2 eval`` on the
 ``DATA`` benchmark (``--quick`` size unless ``--full``), its sampling timed by the same call. Training
 minutes: the sum of the ``wall_seconds`` each component's training report records (CLIP, prior, decoder,
-upsampler for unCLIP; CLIP and GAN for the GAN; a CLIP shared by copying counts for both). Writes
-``OUT/gan_vs_unclip.{json,md}``, the per-model eval folders and ``OUT/gan_vs_unclip_<data>.png``
-(default OUT: ``benchmarks/results``).
+upsampler for unCLIP; CLIP and GAN for the GAN; a copied CLIP (``--clip-from``) is not counted again; resumed
+runs count every run) unless ``--minutes DATA:LABEL=M`` gives it (for folders trained before the reports
+recorded resumed runs' time). Writes
+``OUT/gan_vs_unclip.{json,md}`` (default OUT: ``benchmarks/results``), ``GRIDS/gan-vs-unclip-<data>.png``
+(default GRIDS: ``docs``) and each model's ``dalle2 eval`` folder under ``EVALS`` (default
+``runs/gan_vs_unclip``).
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ def training_minutes(folder: Path) -> float | None:
         report = folder / part / "report.json"
         if report.is_file():
             r = json.loads(report.read_text())
-            seconds = (r.get("train") or {}).get("wall_seconds", r.get("wall_seconds"))
+            train = r.get("train") or {}
+            seconds = train.get("total_wall_seconds", train.get("wall_seconds", r.get("wall_seconds")))
             if seconds is not None:
                 total += float(seconds)
                 found = True
@@ -75,12 +79,12 @@ def row(data: str, label: str, folder: Path, report: dict[str, Any]) -> dict[str
     return out
 
 
-def markdown(rows: list[dict[str, Any]], command: str, full: bool) -> str:
+def markdown(rows: list[dict[str, Any]], command: str, full: bool, threads: int, grids: dict[str, list[str]]) -> str:
     lines = [
         "# GAN vs unCLIP",
         "",
         f"`{command}` ({'reporting' if full else 'quick'} benchmark size; images/s at each model's default settings "
-        "on this machine, end to end, batch 64)",
+        f"on this machine, end to end, batch 64, {threads} torch thread(s))",
         "",
         "| data | model | faithfulness (train / held-out) or class accuracy | FD (floor) | KID | precision | recall "
         "| images/s | training minutes |",
@@ -98,10 +102,13 @@ def markdown(rows: list[dict[str, Any]], command: str, full: bool) -> str:
             f"| {r['data']} | {r['model']} | {quality} | {r['fd']:.2f} ({r['fd_floor']:.2f}) | {r['kid']:.3f} "
             f"| {r['precision']:.3f} | {r['recall']:.3f} | {r['images_per_second']:.1f} | {minutes} |"
         )
+    for data, prompts in grids.items():
+        lines += ["", f"Grid `gan-vs-unclip-{data}.png`, one row per model, prompts left to right (seed 0):"]
+        lines.append("; ".join(f"{i + 1}. {p}" for i, p in enumerate(prompts)))
     return "\n".join(lines) + "\n"
 
 
-def grid(data: str, entries: list[tuple[str, Any]], path: Path) -> None:
+def grid(data: str, entries: list[tuple[str, Any]], path: Path) -> list[str]:
     """One row per model, one column per prompt, the same seed for every model."""
     from PIL import Image, ImageDraw
 
@@ -122,7 +129,7 @@ def grid(data: str, entries: list[tuple[str, Any]], path: Path) -> None:
                 im.convert("RGB").resize((cell, cell), Image.Resampling.NEAREST), (label_w + c * cell, r * cell)
             )
     canvas.save(path)
-    (path.with_suffix(".txt")).write_text("\n".join(f"{i + 1}. {p}" for i, p in enumerate(prompts)) + "\n")
+    return prompts
 
 
 def main() -> None:
@@ -130,7 +137,16 @@ def main() -> None:
     parser.add_argument("models", nargs="+", metavar="DATA:LABEL=DIR")
     parser.add_argument("--full", action="store_true", help="the reporting-size benchmark (default: --quick size)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--minutes",
+        action="append",
+        default=[],
+        metavar="DATA:LABEL=M",
+        help="training minutes of a model, instead of the sum of its reports",
+    )
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--grids", default=str(RESULTS.parent.parent / "docs"))
+    parser.add_argument("--evals", default="runs/gan_vs_unclip")
     args = parser.parse_args()
 
     import torch
@@ -152,19 +168,33 @@ def main() -> None:
             parser.error(f"{spec!r}: {folder} is not a folder")
         specs.append((data, label, Path(folder)))
 
+    minutes = {}
+    for spec in args.minutes:
+        key, sep, value = spec.partition("=")
+        try:
+            minutes[key] = float(value)
+        except ValueError:
+            parser.error(f"--minutes {spec!r}: expected DATA:LABEL=MINUTES")
     rows, pipes = [], {}
     for data, label, folder in specs:
         start = time.monotonic()
         pipe = load(folder)
-        report = evaluate_model(folder, data, out / f"eval-{data}-{label}", quick=not args.full, pipeline=pipe)
+        report = evaluate_model(folder, data, Path(args.evals) / f"{data}-{label}", quick=not args.full, pipeline=pipe)
         rows.append(row(data, label, folder, report))
+        if f"{data}:{label}" in minutes:
+            rows[-1]["training_minutes"] = minutes[f"{data}:{label}"]
         pipes.setdefault(data, []).append((label, pipe))
         print(f"{data} {label}: scored in {time.monotonic() - start:.0f} s", flush=True)
+    grids = {}
     for data, entries in pipes.items():
-        grid(data, entries, out / f"gan_vs_unclip_{data}.png")
-    command = "python benchmarks/gan_vs_unclip.py " + " ".join(args.models) + (" --full" if args.full else "")
-    (out / "gan_vs_unclip.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
-    text = markdown(rows, command, args.full)
+        Path(args.grids).mkdir(parents=True, exist_ok=True)
+        grids[data] = grid(data, entries, Path(args.grids) / f"gan-vs-unclip-{data}.png")
+    extra = [f"--minutes {m}" for m in args.minutes] + (["--full"] if args.full else [])
+    command = " ".join(["python benchmarks/gan_vs_unclip.py", *args.models, *extra])
+    threads = torch.get_num_threads()
+    record = {"command": command, "threads": threads, "rows": rows, "grid_prompts": grids}
+    (out / "gan_vs_unclip.json").write_text(json.dumps(record, indent=2) + "\n")
+    text = markdown(rows, command, args.full, threads, grids)
     (out / "gan_vs_unclip.md").write_text(text)
     print(text)
 

@@ -92,10 +92,13 @@ def test_resume_with_a_larger_max_steps_is_exact(clip_folder, uninterrupted, tmp
     # train.schedule_steps fixes the LR schedule's length, so stopping at 2 and resuming to 4 is exact
     out = _copy(clip_folder, tmp_path / "pipe")
     schedule = [*SMALL, f"train.schedule_steps={STEPS}"]
-    train_prior(out=str(out), max_steps=2, overrides=schedule, **TINY)
+    first = train_prior(out=str(out), max_steps=2, overrides=schedule, **TINY)
     report = train_prior(out=str(out), max_steps=STEPS, resume=True, overrides=schedule, **TINY)
     assert report["train"]["step"] == STEPS and report["train"]["steps_this_run"] == 2
     _assert_same_weights(uninterrupted, out)
+    # the report's total training time counts both runs (the checkpoint carries the first run's time)
+    before, this_run = first["train"]["total_wall_seconds"], report["train"]["wall_seconds"]
+    assert before > 0 and report["train"]["total_wall_seconds"] >= before + this_run - 0.2
 
 
 @pytest.mark.parametrize("change", ["prior.num_layers=3", "prior.head_dim=32"])

@@ -98,6 +98,7 @@ def train_summary(result: Any) -> dict[str, Any]:
         "step": result.step,
         "steps_this_run": result.steps_this_run,
         "wall_seconds": round(result.wall_seconds, 1),
+        "total_wall_seconds": round(result.total_wall_seconds or result.wall_seconds, 1),
         "samples_per_second": round(result.samples_per_second, 1),
         "final_loss": result.final_loss,
         "stop_reason": result.stop_reason,

@@ -95,6 +95,7 @@ class TrainResult:
     stop_reason: str  # "max_steps reached" | "time budget reached"
     checkpoint: Path | None  # the newest checkpoint on disk
     final_losses: dict[str, float] | None = None  # per phase (final_loss is their sum)
+    total_wall_seconds: float | None = None  # training time of every run that led to this step (resumes summed)
 
 
 def warmup_cosine(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
@@ -339,6 +340,8 @@ class Trainer:
         self.batch_in_epoch = 0  # batches of the current epoch already trained on (this process)
         self.last_loss: float | None = None
         self.last_losses: dict[str, float] = {}
+        self.wall_before = 0.0  # training seconds of the runs before a resume (from the checkpoint)
+        self._run_start = time.monotonic()
 
     # -- public helpers ------------------------------------------------------------------------------
 
@@ -401,6 +404,7 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch"])
         self.last_loss = state.get("loss")
         self.last_losses = dict(state.get("losses") or {})
+        self.wall_before = float(state.get("wall_seconds_total", 0.0))
         saved, now = state.get("data", {}), self._data_signature()
         changed = [f"{k} {saved.get(k)} -> {now[k]}" for k in now if saved.get(k) != now[k]]
         if changed:  # the saved position means nothing in another batching: start the next epoch
@@ -473,6 +477,7 @@ class Trainer:
     def _loop(self, bar: tqdm, resumed_from: Path | None) -> TrainResult:
         acc, cfg = self.accelerator, self.config
         start_step, start = self.step, time.monotonic()
+        self._run_start = start
         deadline = start + cfg.max_minutes * 60 if cfg.max_minutes else None
         samples_per_step = cfg.batch_size * acc.num_processes * self.gradient_accumulation_steps
         checkpoint = resumed_from
@@ -566,6 +571,7 @@ class Trainer:
             stop_reason=stop_reason,
             checkpoint=checkpoint,
             final_losses=dict(self.last_losses) if self.multi_phase else None,
+            total_wall_seconds=self.wall_before + wall,
         )
 
     def _where(self, phase: Phase, short: bool = False) -> str:
@@ -627,6 +633,7 @@ class Trainer:
             "ema_updates": self.ema.num_updates,
             "loss": self.last_loss,
             "losses": self.last_losses,
+            "wall_seconds_total": round(self.wall_before + time.monotonic() - self._run_start, 3),
             "scheduler": scheduler_state,
             "data": self._data_signature(),
             "train": dataclasses.asdict(self.config),
