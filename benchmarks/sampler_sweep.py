@@ -25,6 +25,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
 
+    import torch
+
     from dalle2.eval.evaluate import evaluate_model
     from dalle2.pipeline import load
 
@@ -61,7 +63,8 @@ def main() -> None:
     lines = [
         "# Decoder sampler sweep (quick benchmark)",
         "",
-        f"Command: `python benchmarks/sampler_sweep.py {args.model} --data {args.data}`",
+        f"Command: `python benchmarks/sampler_sweep.py {args.model} --data {args.data} --settings {args.settings}` "
+        f"({torch.get_num_threads()} torch threads)",
         "",
         "| sampler | steps | faithfulness seen | held-out | class acc. | FD | FD floor | images/s |",
         "|---|---|---|---|---|---|---|---|",
