@@ -89,6 +89,44 @@ def test_loss_symmetric_and_decreases(tokenizer):
     assert model.clamped_logit_scale().item() <= 100.0
 
 
+def test_hard_negatives_add_image_to_text_columns_only():
+    torch.manual_seed(0)
+    img, txt, neg = (torch.nn.functional.normalize(torch.randn(n, 8), dim=-1) for n in (4, 4, 4))
+    scale = torch.tensor(10.0)
+    logits = scale * img @ txt.t()
+    target = torch.arange(4)
+    wide = torch.cat([logits, scale * img @ neg.t()], dim=1)
+    expected = 0.5 * (
+        torch.nn.functional.cross_entropy(wide, target) + torch.nn.functional.cross_entropy(logits.t(), target)
+    )
+    assert torch.allclose(clip_loss(img, txt, scale, neg), expected)
+    assert clip_loss(img, txt, scale, neg) > clip_loss(img, txt, scale)  # more wrong columns, higher loss
+    # a negative identical to the true caption halves the right answer's softmax share at most
+    assert torch.allclose(
+        clip_loss(img, img, scale, img), 0.5 * (clip_loss(img, img, scale) + _i2t_with_twins(img, scale))
+    )
+
+
+def _i2t_with_twins(img, scale):
+    logits = scale * img @ img.t()
+    return torch.nn.functional.cross_entropy(torch.cat([logits, logits], dim=1), torch.arange(img.shape[0]))
+
+
+def test_model_forward_with_negatives_matches_loss(tokenizer):
+    torch.manual_seed(0)
+    model = ClipModel.from_config(clip_preset("tiny"), image_size=16, tokenizer=tokenizer).eval()
+    images = torch.rand(3, 3, 16, 16) * 2 - 1
+    captions = ["a red circle", "two blue squares", "a green star on a gray background"]
+    negatives = ["a red heart", "two blue crosses", "a green circle on a gray background"]
+    ids, mask = model.tokenize(captions + negatives)
+    with torch.no_grad():
+        loss = model(images, ids[:3], mask[:3], ids[3:], mask[3:])
+        t, _ = model.encode_text(*model.tokenize(captions))
+        n, _ = model.encode_text(*model.tokenize(negatives))
+        expected = clip_loss(model.encode_image(images), t, model.clamped_logit_scale(), n)
+    assert torch.allclose(loss, expected, atol=1e-5)
+
+
 def _tiny_pretrained(path, tokenizer: Tokenizer) -> None:
     from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
 

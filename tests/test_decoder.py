@@ -106,6 +106,30 @@ def test_drop_text_removes_caption(arch):
     torch.testing.assert_close(_run(model, cond, **no_drop), _run(model, padded, **no_drop), rtol=0, atol=1e-6)
 
 
+def test_text_pool_path_follows_the_caption_and_its_drop():
+    torch.manual_seed(0)
+    net = {**_net("unet"), "text_pool": True}
+    model = ImageDiffusion(DiffusionConfig(arch="unet", net=net, sample_steps=3)).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+        model.net.text_proj.weight.zero_()  # keep only the pooled path for the caption
+        model.net.text_proj.bias.zero_()
+    cond = _cond(2)
+    final = cond["text_tokens"].clone()
+    final[0, 2], final[1, 4] = final[0, 2] + 3, final[1, 4] + 3  # change only each caption's last real token
+    earlier = cond["text_tokens"].clone()
+    earlier[:, 0] += 3  # change a token that is not the last
+    no_drop = {"drop_image": torch.tensor([False, False]), "drop_text": torch.tensor([False, False])}
+    base = _run(model, cond, **no_drop)
+    assert _rows_differ(base, _run(model, {**cond, "text_tokens": final}, **no_drop)) == [True, True]
+    torch.testing.assert_close(base, _run(model, {**cond, "text_tokens": earlier}, **no_drop), rtol=0, atol=1e-6)
+    drop = {"drop_image": torch.tensor([True, False]), "drop_text": torch.tensor([True, False])}
+    a, b = _run(model, cond, **drop), _run(model, {**cond, "text_tokens": final}, **drop)
+    assert _rows_differ(a, b) == [False, True]  # dropped: the pooled caption is gone too
+
+
 @pytest.mark.parametrize("arch", ["transformer", "unet"])
 def test_without_drop_every_condition_matters(arch):
     model = _decoder(arch, randomize=True)

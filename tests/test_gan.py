@@ -42,6 +42,22 @@ def test_dfgan_shapes(size, channels, spectral):
     assert config.widths(4) == {32: {32: 4, 16: 8, 8: 16, 4: 32}, 16: {16: 4, 8: 8, 4: 16}, 8: {8: 4, 4: 8}}[size]
 
 
+def test_projection_discriminator_adds_the_inner_product_term():
+    torch.manual_seed(0)
+    config = GanConfig(image_size=16, embed_dim=EMBED, z_dim=8, g_width=4, d_width=4, projection=True)
+    d = Discriminator(config)
+    x, s = torch.randn(3, 3, 16, 16), embeds(3)
+    with torch.no_grad():
+        full = d(x, s)
+        h = d.net.blocks(d.net.from_image(x))
+        term = (d.net.project(s) * F.leaky_relu(h, 0.2).mean((2, 3))).sum(1)
+        d.net.project.weight.zero_()
+        without = d(x, s)
+    assert term.abs().min() > 0
+    torch.testing.assert_close(full, without + term)
+    assert Discriminator(GanConfig(image_size=16, embed_dim=EMBED, d_width=4)).net.project is None  # off by default
+
+
 def test_dfgan_generator_starts_unconditioned_and_learns_to_listen():
     """DF-GAN's affine layers start as the identity: at initialisation the caption changes nothing."""
     torch.manual_seed(0)

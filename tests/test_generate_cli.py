@@ -376,8 +376,24 @@ def test_resolve_model(tmp_path):
     assert G.resolve_model(tmp_path) == tmp_path
     with pytest.raises(G.GenerateError, match="model folder not found"):
         G.resolve_model(tmp_path / "missing")
-    with pytest.raises(G.GenerateError, match="no model given"):
+    with pytest.raises(G.GenerateError, match="empty --model"):
         G.resolve_model("")
+
+
+def test_resolve_model_names_the_bundled_models(tmp_path, monkeypatch):
+    from dalle2 import pipeline
+
+    monkeypatch.setattr(pipeline, "__file__", str(tmp_path / "pipeline.py"))  # an install without the bundle
+    with pytest.raises(G.GenerateError, match="no model given and the bundled 'unclip' model is not in this install"):
+        G.resolve_model(None)
+    for name, folder in pipeline.BUNDLED.items():
+        (tmp_path / "assets" / "models" / folder).mkdir(parents=True)
+        (tmp_path / "assets" / "models" / folder / "model_index.json").write_text("{}")
+        assert G.resolve_model(name) == tmp_path / "assets" / "models" / folder
+    assert G.resolve_model(None) == tmp_path / "assets" / "models" / pipeline.BUNDLED["unclip"]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "gan").mkdir()  # a folder of that name wins over the bundled model
+    assert G.resolve_model("gan") == Path("gan")
 
 
 def test_a_failed_write_leaves_no_file(capsys, tiny_unclip, tmp_path, monkeypatch):

@@ -595,8 +595,12 @@ def test_serve_command(monkeypatch, capsys, tiny_unclip):
     with pytest.raises(SystemExit):
         main(["serve", "--help"])
     assert "--max-batch" in capsys.readouterr().out
-    assert main(["serve"]) == 2
-    assert "no model given" in capsys.readouterr().err
+    from dalle2 import pipeline
+
+    with monkeypatch.context() as patch:  # an install without the bundled models
+        patch.setattr(pipeline, "__file__", str(tiny_unclip / "missing" / "pipeline.py"))
+        assert main(["serve"]) == 2
+        assert "no model given and the bundled 'unclip' model is not in this install" in capsys.readouterr().err
     assert main(["serve", str(tiny_unclip / "missing")]) == 2
     assert "not found" in capsys.readouterr().err
     assert main(["serve", str(tiny_unclip), "--default-size", "64x64"]) == 2
@@ -614,3 +618,8 @@ def test_serve_command(monkeypatch, capsys, tiny_unclip):
     assert app.state.options.api_key == "from-env" and app.state.options.max_batch == 4
     assert app.state.registry.get(None).default == 256
     app.state.files.close()
+
+    started.clear()
+    assert main(["serve", "--port", "9998"]) == 0  # no folder: the bundled unCLIP model
+    assert started["app"].state.registry.ids() == ["dall-e-2", "unclip-shapes"]
+    started["app"].state.files.close()

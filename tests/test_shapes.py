@@ -420,3 +420,29 @@ def test_scene_from_spec_filling_and_errors():
         scene_from_spec("relation", rng, relation="near")
     with pytest.raises(ValueError):
         Obj("circle", "red", "huge", "top")
+
+
+def test_swap_shape_words_changes_every_shape_and_nothing_else():
+    import re
+
+    from dalle2.data.shapes import PLURALS, SHAPES, ShapesDataset, swap_shape_words
+
+    words = set(SHAPES) | set(PLURALS.values())
+    data = ShapesDataset("train", length=300)
+    for i in range(300):
+        caption = data[i]["caption"]
+        negative = ShapesDataset.hard_negative(caption)
+        assert negative == swap_shape_words(caption)  # deterministic (resume-exact)
+        a, b = caption.split(), negative.split()
+        assert len(a) == len(b)
+        changed = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
+        assert changed, caption  # every caption names a shape
+        for x, y in changed:
+            assert x in words and y in words
+            assert (x in PLURALS.values()) == (y in PLURALS.values())  # plurals stay plural
+        # the same shape word always maps to the same other shape (a derangement)
+        mapping = dict(changed)
+        assert all(re.sub(r"s$|es$", "", k) != re.sub(r"s$|es$", "", v) for k, v in mapping.items())
+    assert swap_shape_words("a red crosses-free sky", seed=1) == "a red crosses-free sky".replace(
+        "crosses", swap_shape_words("crosses", seed=1)
+    )

@@ -65,6 +65,14 @@ def cmd_data_stats(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2) if args.json else format_stats(result))
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from dalle2.export import export_pipeline, folder_megabytes
+
+    index = export_pipeline(args.model, args.out, half=args.half, note=args.note, overwrite=args.overwrite)
+    kinds = ", ".join(index.get("components", {}))
+    print(f"wrote {args.out} ({index.get('kind')} pipeline: {kinds}; {folder_megabytes(args.out):.1f} MB)")
+
+
 # --------------------------------------------------------------------------------------------- train
 def cmd_train_tokenizer(args: argparse.Namespace) -> None:
     from dalle2.data import open_dataset
@@ -287,6 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="seed of the real images")
     p.add_argument("--features", metavar="EVALUATOR", help="feature network for FD/KID/PR (needed for folder:PATH)")
     p.add_argument("--clip", metavar="EVALUATOR", help="evaluation CLIP for CLIP score (default: the dataset's)")
+
+    # export
+    p = add(commands, "export", "copy a trained pipeline into a small folder to ship (float16 weights)", cmd_export)
+    p.add_argument("model", metavar="MODEL_DIR", help="pipeline folder written by `dalle2 train`")
+    p.add_argument("out", metavar="OUT_DIR", help="the exported folder (must not exist unless --overwrite)")
+    p.add_argument("--no-half", dest="half", action="store_false", help="keep the weights' trained dtype")
+    p.add_argument("--note", help="recorded in model_index.json provenance (e.g. the training command and seed)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
 
     # config
     p = add(commands, "config", "print the resolved configuration (preset < YAML < --set)", cmd_config)

@@ -91,10 +91,20 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 
 # ------------------------------------------------------------------------------------- model and files
 def resolve_model(name_or_path: str | Path | None) -> Path:
-    """The pipeline folder that ``--model`` names. Today only a path; named models will resolve here."""
-    if name_or_path is None or not str(name_or_path).strip():
-        raise GenerateError("no model given: pass --model DIR, a pipeline folder written by `dalle2 train`")
-    path = Path(name_or_path).expanduser()
+    """The pipeline folder that ``--model`` names: a folder, or a bundled model's name ("unclip", "gan");
+    none at all means the bundled unCLIP model."""
+    from dalle2.pipeline import BUNDLED, DEFAULT_BUNDLED, PipelineError, bundled_path
+
+    if name_or_path is not None and not str(name_or_path).strip():
+        raise GenerateError("empty --model: pass a pipeline folder written by `dalle2 train`, or unclip / gan")
+    path = Path(name_or_path).expanduser() if name_or_path is not None else None
+    if path is None or (str(name_or_path) in BUNDLED and not path.exists()):
+        try:
+            return bundled_path(DEFAULT_BUNDLED if name_or_path is None else str(name_or_path))
+        except PipelineError as error:
+            raise GenerateError(
+                f"no model given and {error}: pass --model DIR, a pipeline folder written by `dalle2 train`"
+            ) from None
     if not path.exists():
         raise GenerateError(f"model folder not found: {path}")
     if not path.is_dir():
@@ -469,7 +479,12 @@ examples:
 
 
 def _add_model_options(p: argparse.ArgumentParser, output: str, output_help: str = "") -> None:
-    p.add_argument("--model", required=True, metavar="DIR", help="pipeline folder (from `dalle2 train`)")
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="DIR",
+        help="pipeline folder (from `dalle2 train`), or a bundled model: unclip, gan (default: the bundled unclip)",
+    )
     p.add_argument(
         "-o",
         "--output",

@@ -69,8 +69,26 @@ def read_index(path: str | Path) -> dict[str, Any]:
 BUILTIN_KINDS = {"unclip": "dalle2.unclip_pipeline", "gan": "dalle2.gan_pipeline"}
 
 
-def load(path: str | Path) -> Pipeline:
-    """Open a saved pipeline folder of any registered kind."""
+#: Models shipped inside the package (``src/dalle2/assets/models/``), by the name ``--model`` accepts.
+BUNDLED = {"unclip": "unclip-shapes", "gan": "gan-shapes"}
+DEFAULT_BUNDLED = "unclip"
+
+
+def bundled_path(name: str = DEFAULT_BUNDLED) -> Path:
+    """The folder of the bundled model ``name`` ("unclip" or "gan"); a PipelineError if not installed."""
+    if name not in BUNDLED:
+        raise PipelineError(f"no bundled model {name!r}; bundled: {', '.join(BUNDLED)}")
+    folder = Path(__file__).parent / "assets" / "models" / BUNDLED[name]
+    if not (folder / "model_index.json").is_file():
+        raise PipelineError(f"the bundled {name!r} model is not in this install ({folder} is missing)")
+    return folder
+
+
+def load(path: str | Path | None = None) -> Pipeline:
+    """Open a saved pipeline folder of any registered kind; ``None`` (or "unclip" / "gan", when no folder
+    of that name exists) opens a model bundled with the package."""
+    if path is None or (str(path) in BUNDLED and not Path(path).exists()):
+        path = bundled_path(DEFAULT_BUNDLED if path is None else str(path))
     index = read_index(path)
     kind = index.get("kind")
     if kind not in LOADERS and kind in BUILTIN_KINDS:

@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import functools
 import math
+import re
+import zlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +82,7 @@ __all__ = [
     "sample_scene",
     "scene_from_spec",
     "scene_meta",
+    "swap_shape_words",
 ]
 
 # ----------------------------------------------------------------------------------------------
@@ -88,6 +91,32 @@ __all__ = [
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "heart", "cross")
 PLURALS: dict[str, str] = {s: ("crosses" if s == "cross" else s + "s") for s in SHAPES}
+
+_SHAPE_WORD = re.compile(r"\b(" + "|".join(sorted([*SHAPES, *PLURALS.values()], key=len, reverse=True)) + r")\b")
+
+
+def swap_shape_words(caption: str, seed: int | None = None) -> str:
+    """``caption`` with every shape word replaced by a different shape (a random derangement of the six,
+    plurals kept plural): a hard-negative caption that differs from the true one in shape only. The
+    same ``seed`` gives the same swap; ``None`` seeds from the caption itself (deterministic)."""
+    if seed is None:
+        seed = zlib.crc32(caption.encode())
+    rng = np.random.default_rng(seed)
+    while True:
+        order = rng.permutation(len(SHAPES))
+        if all(order[i] != i for i in range(len(SHAPES))):
+            break
+    swap = {s: SHAPES[j] for s, j in zip(SHAPES, order, strict=True)}
+    singular = {p: s for s, p in PLURALS.items()}
+
+    def replace(match: re.Match) -> str:
+        word = match.group(0)
+        if word in singular:
+            return PLURALS[swap[singular[word]]]
+        return swap[word]
+
+    return _SHAPE_WORD.sub(replace, caption)
+
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -825,6 +854,11 @@ class ShapesDataset(Dataset):
 
     def __len__(self) -> int:
         return self.length
+
+    @staticmethod
+    def hard_negative(caption: str) -> str:
+        """A wrong twin of ``caption`` for contrastive training (:func:`swap_shape_words`)."""
+        return swap_shape_words(caption)
 
     def scene(self, index: int) -> tuple[Scene, str]:
         """The scene and caption of sample ``index`` (no rendering)."""

@@ -77,6 +77,9 @@ class ClipConfig:
     max_logit_scale: float = 100.0
     eval_samples: int = 500  # held-out test samples for the retrieval / zero-shot report
     ema_decay: float = 0.999
+    #: NegCLIP hard negatives: each caption also gets a wrong twin from the dataset (on ``shapes``: every
+    #: shape word swapped), so the towers must tell what a batch of random captions never asks (shape).
+    hard_negatives: bool = True
 
 
 CLIP_PRESETS: dict[str, dict[str, Any]] = {
@@ -166,14 +169,23 @@ def minilm_path() -> Path:
     return path
 
 
-def clip_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+def clip_loss(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    logit_scale: torch.Tensor,
+    negative_text_embeds: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Symmetric contrastive loss: mean of image->text and text->image cross-entropy (pairs on the diagonal).
 
     ``image_embeds`` and ``text_embeds`` are (B, D) and L2-normalised; ``logit_scale`` is the scale itself
-    (already exponentiated and clamped)."""
+    (already exponentiated and clamped). ``negative_text_embeds`` (N, D), if given, are extra wrong captions
+    (NegCLIP's hard negatives, Yuksekgonul et al. 2023): more columns of the image->text softmax only."""
     logits = logit_scale * image_embeds @ text_embeds.t()  # (B, B): rows images, columns texts
     target = torch.arange(logits.shape[0], device=logits.device)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+    image_to_text = logits
+    if negative_text_embeds is not None:
+        image_to_text = torch.cat([logits, logit_scale * image_embeds @ negative_text_embeds.t()], dim=1)
+    return 0.5 * (F.cross_entropy(image_to_text, target) + F.cross_entropy(logits.t(), target))
 
 
 class _MiniLMText(nn.Module):
@@ -432,13 +444,25 @@ class ClipModel(nn.Module):
         embeds, hidden = self.encode_text(ids, mask)
         return embeds, hidden, mask
 
-    def forward(self, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The symmetric contrastive loss of a batch of matching (image, text) pairs."""
+    def forward(
+        self,
+        images: torch.Tensor,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        negative_ids: torch.Tensor | None = None,
+        negative_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The symmetric contrastive loss of a batch of matching (image, text) pairs; ``negative_ids`` /
+        ``negative_mask`` (N, L) are optional hard-negative captions (see :func:`clip_loss`)."""
+        count = ids.shape[0]
+        if negative_ids is not None:  # one text pass for both (same padding length)
+            ids, mask = torch.cat([ids, negative_ids]), torch.cat([mask, negative_mask])
         if self.text_encoder == "clip" and self.source == "trained":  # drop all-padding columns (causal: exact)
             keep = int(mask.long().sum(1).max().clamp_min(1))
             ids, mask = ids[:, :keep], mask[:, :keep]
         text_embeds, _ = self.encode_text(ids, mask)
-        return clip_loss(self.encode_image(images), text_embeds, self.clamped_logit_scale())
+        negatives = text_embeds[count:] if negative_ids is not None else None
+        return clip_loss(self.encode_image(images), text_embeds[:count], self.clamped_logit_scale(), negatives)
 
 
 class _HFTokenizer:

@@ -57,6 +57,8 @@ class GanConfig:
     dense_widths: list[int] = field(default_factory=lambda: [128, 256, 512, 1024])  # article G
     conv_widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # article D
     spectral_norm: bool = False  # on every discriminator layer
+    #: dfgan D: add the projection term <W s, mean-pooled features> to the logit (Miyato & Koyama 2018)
+    projection: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -206,11 +208,15 @@ class DFDiscriminator(nn.Module):
         c4 = widths[4]
         self.joint = _sn(nn.Conv2d(c4 + c.embed_dim, 2 * c.d_width, 3, padding=1), sn)
         self.logit = _sn(nn.Conv2d(2 * c.d_width, 1, 4), sn)
+        self.project = _sn(nn.Linear(c.embed_dim, c4, bias=False), sn) if c.projection else None
 
     def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         h = self.blocks(self.from_image(x))
-        h = torch.cat([h, s[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])], dim=1)
-        return self.logit(F.leaky_relu(self.joint(h), 0.2)).flatten()
+        joint = torch.cat([h, s[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])], dim=1)
+        logit = self.logit(F.leaky_relu(self.joint(joint), 0.2)).flatten()
+        if self.project is not None:  # the projection discriminator's inner product with the caption
+            logit = logit + (self.project(s) * F.leaky_relu(h, 0.2).mean((2, 3))).sum(1)
+        return logit
 
 
 # -- the article's networks --------------------------------------------------------------------------

@@ -48,6 +48,9 @@ class UNetConfig:
     embed_dim: int = 0  # CLIP image embedding size; 0 = no image-embedding conditioning
     context_dim: int = 0  # caption token encoding width; 0 = no caption tokens
     num_image_tokens: int = 4  # extra context tokens made from z_i (paper: 4)
+    #: GLIDE (whose decoder unCLIP extends) also adds the caption's final token encoding, projected, to the
+    #: timestep embedding ("in place of a class embedding"): a global caption signal in every residual block.
+    text_pool: bool = False
     low_res_channels: int = 0  # upsampler: channels of the low-resolution image concatenated to x_t
     noise_level_embedding: bool = False  # upsampler: embed the low-res augmentation level
     patch_size: int = 1  # >1: pixel-unshuffle the input by this factor first (and pixel-shuffle the output)
@@ -174,6 +177,7 @@ class UNet(nn.Module):
         self.image_proj = nn.Linear(c.embed_dim, emb_dim) if c.embed_dim else None
         self.image_tokens = nn.Linear(c.embed_dim, c.num_image_tokens * ctx) if c.embed_dim else None
         self.text_proj = nn.Linear(c.context_dim, ctx) if c.context_dim else None
+        self.text_pool_proj = nn.Linear(c.context_dim, emb_dim) if (c.context_dim and c.text_pool) else None
         self.context_norm = nn.LayerNorm(ctx) if (c.embed_dim or c.context_dim) else None
         context_dim = ctx if self.context_norm is not None else 0
 
@@ -254,6 +258,11 @@ class UNet(nn.Module):
             )
             if drop_text is not None:
                 mask = mask & ~drop_text.bool()[:, None]
+            if self.text_pool_proj is not None:  # the last real token of each caption (zero when dropped)
+                last = mask.long().cumsum(1).argmax(1)  # index of the last True (0 if none)
+                final = text_tokens[torch.arange(batch, device=text_tokens.device), last]
+                final = final * mask.any(1, keepdim=True).to(final.dtype)
+                emb = emb + self.text_pool_proj(final)
             parts.append(self.text_proj(text_tokens))
             masks.append(mask)
         if not parts:

@@ -288,10 +288,17 @@ def train_clip(args: argparse.Namespace | dict[str, Any] | None = None, **kwargs
 def _train(model: ClipModel, dataset: Any, config: Any, clip_config: ClipConfig, out: Path, opts: dict[str, Any]):
     from dalle2.training.trainer import Trainer
 
+    negative = getattr(dataset, "hard_negative", None) if clip_config.hard_negatives else None
+
     def loss_fn(m: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        ids, mask = model.tokenizer.encode(batch["caption"])
+        captions = list(batch["caption"])
         images = batch["image"]
-        return m(images, ids.to(images.device), mask.to(images.device))
+        if negative is None:
+            ids, mask = model.tokenizer.encode(captions)
+            return m(images, ids.to(images.device), mask.to(images.device))
+        ids, mask = model.tokenizer.encode(captions + [negative(c) for c in captions])
+        ids, mask, n = ids.to(images.device), mask.to(images.device), len(captions)
+        return m(images, ids[:n], mask[:n], ids[n:], mask[n:])
 
     log_with = default_trackers(opts)
     trainer = Trainer(

@@ -55,6 +55,7 @@ GAN_DEFAULTS: dict[str, Any] = {
     "dense_widths": [128, 256, 512, 1024],  # article generator
     "conv_widths": [32, 64, 128, 256],  # article discriminator
     "spectral_norm": False,
+    "projection": False,  # dfgan D: projection term <W s, features> (Miyato & Koyama 2018)
     "channels": 0,  # 0 = auto: 1 for mnist / fashion-mnist, else 3
     # objective (dalle2.models.gan_objective.ObjectiveConfig)
     "loss": "hinge",  # hinge | bce
@@ -112,7 +113,17 @@ GAN_PRESETS: dict[str, dict[str, Any]] = {
     },
 }  # fmt: skip
 
-NETWORK_KEYS = ("arch", "z_dim", "g_width", "d_width", "max_mult", "dense_widths", "conv_widths", "spectral_norm")
+NETWORK_KEYS = (
+    "arch",
+    "z_dim",
+    "g_width",
+    "d_width",
+    "max_mult",
+    "dense_widths",
+    "conv_widths",
+    "spectral_norm",
+    "projection",
+)
 OBJECTIVE_KEYS = ("loss", "mismatch", "ma_gp", "ma_gp_power", "ma_gp_every", "diffaugment", "l1", "l2")
 
 

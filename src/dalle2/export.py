@@ -1,0 +1,118 @@
+"""``dalle2 export``: copy a trained pipeline folder into a small, self-contained one to ship or share.
+
+What is kept: ``model_index.json``, ``tokenizer/`` and, for every component, its ``config.json``, its
+weights and its ``report.json``; training checkpoints, logs and eval outputs are left behind. With
+``half`` (the default) floating-point weights are stored as float16, which halves the size; loading casts
+them back to float32 (``load_state_dict`` copies into the model's own dtype), so only the weights'
+rounding changes. ``model_index.json`` gains a ``provenance`` entry: where the folder came from, the
+command and seed that made it (from ``--note``), each stage's training steps and minutes (from its report).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+__all__ = ["ExportError", "export_pipeline"]
+
+KEEP_SUFFIXES = (".json", ".yaml", ".txt", ".safetensors")
+
+
+class ExportError(ValueError):
+    """The folder cannot be exported; the message says why."""
+
+
+def _stage_record(report: dict[str, Any]) -> dict[str, Any]:
+    train = report.get("train") or {}
+    record = {"steps": train.get("step"), "final_loss": train.get("final_loss")}
+    seconds = train.get("total_wall_seconds") or train.get("wall_seconds")
+    if seconds is not None:
+        record["training_minutes_last_run" if "total_wall_seconds" not in train else "training_minutes"] = round(
+            float(seconds) / 60, 1
+        )
+    return {k: v for k, v in record.items() if v is not None}
+
+
+def _copy_weights(source: Path, dest: Path, half: bool) -> None:
+    try:
+        tensors = load_file(str(source))
+    except Exception as error:  # safetensors' own error type for corrupt files
+        raise ExportError(f"{source}: not a readable safetensors file ({error})") from None
+    if half:
+        tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
+        for name, tensor in tensors.items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise ExportError(f"{source}: {name} does not fit in float16; export with --no-half")
+    save_file(tensors, str(dest), metadata={"format": "pt"})
+
+
+def export_pipeline(
+    source: str | Path, dest: str | Path, *, half: bool = True, note: str | None = None, overwrite: bool = False
+) -> dict[str, Any]:
+    """Write the exported copy of pipeline folder ``source`` to ``dest``; returns its ``model_index.json``."""
+    source, dest = Path(source), Path(dest)
+    index_file = source / "model_index.json"
+    if not index_file.is_file():
+        raise ExportError(f"{source}: not a pipeline folder (no model_index.json); train one with `dalle2 train`")
+    try:
+        index = json.loads(index_file.read_text())
+    except json.JSONDecodeError as error:
+        raise ExportError(f"{index_file}: not valid JSON ({error.msg})") from None
+    if dest.exists() and not overwrite:
+        raise ExportError(f"{dest} already exists; pass --overwrite to replace it")
+    if dest.resolve() == source.resolve():
+        raise ExportError("the export folder must differ from the source folder")
+
+    components = index.get("components") or {}
+    stages: dict[str, Any] = {}
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=dest.parent if dest.parent.exists() else None))
+    try:
+        for name, entry in components.items():
+            folder = source / entry.get("folder", name)
+            if not folder.is_dir():
+                raise ExportError(f"{source}: component {name!r} has no folder {folder.name}/")
+            (tmp / folder.name).mkdir(parents=True, exist_ok=True)
+            for item in sorted(folder.iterdir()):
+                if not item.is_file() or not item.name.endswith(KEEP_SUFFIXES):
+                    continue
+                if item.suffix == ".safetensors":
+                    _copy_weights(item, tmp / folder.name / item.name, half)
+                else:
+                    shutil.copy2(item, tmp / folder.name / item.name)
+            report = folder / "report.json"
+            if report.is_file():
+                try:
+                    stages[name] = _stage_record(json.loads(report.read_text()))
+                except json.JSONDecodeError:
+                    pass
+        provenance = {
+            "exported_from": str(source.resolve()),
+            "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "weights_dtype": "float16" if half else "as trained",
+            "stages": stages,
+        }
+        if note:
+            provenance["note"] = note
+        index = {**index, "provenance": provenance}
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return index
+
+
+def folder_megabytes(folder: str | Path) -> float:
+    """Total size of the files under ``folder`` in MB (10^6 bytes)."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) / 1e6
