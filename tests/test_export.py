@@ -39,14 +39,14 @@ def test_export_halves_weights_and_samples_like_the_source(tiny_unclip, tmp_path
 
 
 def test_export_errors(tiny_unclip, tmp_path, capsys):
-    with pytest.raises(ExportError, match="not a pipeline folder"):
+    with pytest.raises(ExportError, match="not a dalle2 pipeline folder"):
         export_pipeline(tmp_path, tmp_path / "x")
     out = tmp_path / "exists"
     out.mkdir()
     with pytest.raises(ExportError, match="already exists"):
         export_pipeline(tiny_unclip, out)
     assert main(["export", str(tmp_path / "missing"), str(tmp_path / "y")]) == 2
-    assert "not a pipeline folder" in capsys.readouterr().err
+    assert "model folder not found" in capsys.readouterr().err
     assert main(["export", str(tiny_unclip), str(out), "--overwrite", "--no-half"]) == 0
     assert "unclip pipeline" in capsys.readouterr().out
     floats = [t for t in load_file(str(out / "decoder" / "model.safetensors")).values() if t.is_floating_point()]

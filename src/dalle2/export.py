@@ -58,14 +58,13 @@ def export_pipeline(
     source: str | Path, dest: str | Path, *, half: bool = True, note: str | None = None, overwrite: bool = False
 ) -> dict[str, Any]:
     """Write the exported copy of pipeline folder ``source`` to ``dest``; returns its ``model_index.json``."""
+    from dalle2.pipeline import PipelineError, read_index
+
     source, dest = Path(source), Path(dest)
-    index_file = source / "model_index.json"
-    if not index_file.is_file():
-        raise ExportError(f"{source}: not a pipeline folder (no model_index.json); train one with `dalle2 train`")
     try:
-        index = json.loads(index_file.read_text())
-    except json.JSONDecodeError as error:
-        raise ExportError(f"{index_file}: not valid JSON ({error.msg})") from None
+        index = read_index(source)  # the same checks as loading: folder, index file, JSON, format version
+    except PipelineError as error:
+        raise ExportError(str(error)) from None
     if dest.exists() and not overwrite:
         raise ExportError(f"{dest} already exists; pass --overwrite to replace it")
     if dest.resolve() == source.resolve():
