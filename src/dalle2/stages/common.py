@@ -97,8 +97,8 @@ def train_summary(result: Any) -> dict[str, Any]:
     return {
         "step": result.step,
         "steps_this_run": result.steps_this_run,
-        "wall_seconds": round(result.wall_seconds, 1),
-        "total_wall_seconds": round(result.total_wall_seconds or result.wall_seconds, 1),
+        "wall_seconds": round(result.wall_seconds, 3),
+        "total_wall_seconds": round(result.total_wall_seconds or result.wall_seconds, 3),
         "samples_per_second": round(result.samples_per_second, 1),
         "final_loss": result.final_loss,
         "stop_reason": result.stop_reason,
