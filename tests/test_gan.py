@@ -166,6 +166,43 @@ def test_ma_gp_is_a_real_gradient_penalty():
     assert d.w.grad is not None and (d.w.grad > 0).all() and (d.u.grad > 0).all()
 
 
+def test_unit_embed_scale_feeds_both_networks_the_embedding_times_sqrt_dim():
+    torch.manual_seed(0)
+    plain = GanConfig(image_size=16, embed_dim=EMBED, z_dim=8, g_width=4, d_width=4)
+    unit = GanConfig(**{**plain.to_dict(), "embed_scale": "unit"})
+    assert plain.embed_scale == "none" and plain.embed_gain == 1.0  # configs saved before the key load as before
+    assert unit.embed_gain == pytest.approx(EMBED**0.5)
+    g0, d0 = Generator(plain), Discriminator(plain)
+    g1, d1 = Generator(unit), Discriminator(unit)
+    g1.load_state_dict(g0.state_dict())
+    d1.load_state_dict(d0.state_dict())
+    for module in (*g0.modules(), *d0.modules()):  # make the caption matter at initialisation
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.3)
+    g1.load_state_dict(g0.state_dict())
+    d1.load_state_dict(d0.state_dict())
+    z, s, x = torch.randn(3, 8), embeds(3), torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(g1(z, s), g0(z, s * EMBED**0.5))
+        torch.testing.assert_close(d1(x, s), d0(x, s * EMBED**0.5))
+        assert not torch.allclose(g1(z, s), g0(z, s))
+    with pytest.raises(GanConfigError, match="embed_scale must be one of none, unit"):
+        GanConfig(embed_scale="double")
+
+
+def test_ma_gp_is_taken_in_the_space_the_discriminator_sees():
+    """With a gain on s inside D, the penalty is that of a D fed s * gain directly."""
+    x = torch.randn(3, 1, 2, 2, requires_grad=True)
+    s = embeds(3).requires_grad_()
+    d = LinearD(4)
+    gain = 3.0
+    scaled = (s.detach() * gain).requires_grad_()
+    expected = ma_gradient_penalty(d(x, scaled), x, scaled)
+    got = ma_gradient_penalty(d(x, s * gain), x, s, embed_gain=gain)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert ma_gradient_penalty(d(x, s * gain), x, s).item() > 2 * got.item()  # without it: gain^2 on the s part
+
+
 def test_weight_penalty():
     layer = nn.Linear(2, 2)
     with torch.no_grad():

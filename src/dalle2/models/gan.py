@@ -35,6 +35,7 @@ from torch import nn
 __all__ = ["ARCHS", "Discriminator", "GanConfig", "GanConfigError", "Generator"]
 
 ARCHS = ("dfgan", "article")
+EMBED_SCALES = ("none", "unit")
 CONFIG_VERSION = 1
 
 
@@ -59,6 +60,10 @@ class GanConfig:
     spectral_norm: bool = False  # on every discriminator layer
     #: dfgan D: add the projection term <W s, mean-pooled features> to the logit (Miyato & Koyama 2018)
     projection: bool = False
+    #: how the unit-norm sentence embedding s enters both networks: "none" as is (each component about
+    #: 1/sqrt(embed_dim), ten times smaller than z's), "unit" times sqrt(embed_dim) (unit variance per
+    #: component, like z), so the condition is not drowned by the noise at initialisation
+    embed_scale: str = "none"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -67,6 +72,10 @@ class GanConfig:
         checks = [
             (self.arch in ARCHS, f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}"),
             (self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}"),
+            (
+                self.embed_scale in EMBED_SCALES,
+                f"embed_scale must be one of {', '.join(EMBED_SCALES)}, got {self.embed_scale!r}",
+            ),
             (self.embed_dim >= 1 and self.z_dim >= 1, "embed_dim and z_dim must be >= 1"),
             (self.g_width >= 1 and self.d_width >= 1 and self.max_mult >= 1, "widths and max_mult must be >= 1"),
             (all(w >= 1 for w in self.dense_widths) and len(self.dense_widths) >= 1, "dense_widths: >= 1 each"),
@@ -99,6 +108,11 @@ class GanConfig:
         if unknown:
             raise GanConfigError(f"unknown GAN network keys {', '.join(unknown)}; keys: {', '.join(sorted(known))}")
         return cls(**data)
+
+    @property
+    def embed_gain(self) -> float:
+        """The factor the sentence embedding is multiplied by before it enters G and D."""
+        return math.sqrt(self.embed_dim) if self.embed_scale == "unit" else 1.0
 
     def widths(self, base: int) -> dict[int, int]:
         """dfgan channels per resolution: ``base`` at full size, doubling per halving, capped at base * max_mult."""
@@ -276,7 +290,7 @@ class Generator(nn.Module):
         return self.config.image_size
 
     def forward(self, z: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        return self.net(z, s)
+        return self.net(z, s * self.config.embed_gain)
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """``folder/config.json`` + ``folder/model.safetensors``, each written atomically."""
@@ -310,5 +324,9 @@ class Discriminator(nn.Module):
         self.config = config
         self.net = DFDiscriminator(config) if config.arch == "dfgan" else ConvDiscriminator(config)
 
+    @property
+    def embed_gain(self) -> float:
+        return self.config.embed_gain
+
     def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        return self.net(x, s)
+        return self.net(x, s * self.config.embed_gain)

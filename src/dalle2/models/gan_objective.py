@@ -117,14 +117,23 @@ def mismatched(embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def ma_gradient_penalty(
-    logits: torch.Tensor, images: torch.Tensor, embeds: torch.Tensor, weight: float = 2.0, power: float = 6.0
+    logits: torch.Tensor,
+    images: torch.Tensor,
+    embeds: torch.Tensor,
+    weight: float = 2.0,
+    power: float = 6.0,
+    embed_gain: float = 1.0,
 ) -> torch.Tensor:
     """DF-GAN's matching-aware gradient penalty: ``weight * mean_i ||(dD_i/dx_i, dD_i/ds_i)||^power``.
 
     ``logits`` must come from ``images`` and ``embeds`` with a graph (both ``requires_grad``); the penalty
     keeps that graph (``create_graph``), so it can be minimised. An input D ignores contributes zero.
+    ``embed_gain``: D multiplies ``embeds`` by it first; the gradient is taken with respect to what D's
+    layers see (``embeds * embed_gain``), so the penalty does not grow with the gain.
     """
-    grads = torch.autograd.grad(logits.sum(), (images, embeds), create_graph=True, allow_unused=True)
+    grads = list(torch.autograd.grad(logits.sum(), (images, embeds), create_graph=True, allow_unused=True))
+    if grads[1] is not None and embed_gain != 1.0:
+        grads[1] = grads[1] / embed_gain
     squares = [g.flatten(1).pow(2).sum(1) for g in grads if g is not None]
     if not squares:
         return logits.sum() * 0.0
@@ -205,7 +214,8 @@ class GanObjective(nn.Module):
         if mis_logits is not None:
             out["d_mismatch"] = mis_logits.detach().mean()
         if gp_on:
-            gp = ma_gradient_penalty(real_logits, real, s, c.ma_gp * c.ma_gp_every, c.ma_gp_power)
+            gain = float(getattr(self.discriminator, "embed_gain", 1.0))
+            gp = ma_gradient_penalty(real_logits, real, s, c.ma_gp * c.ma_gp_every, c.ma_gp_power, gain)
             loss = loss + gp
             out["ma_gp"] = gp.detach()
         reg = weight_penalty(self.discriminator, c.l1, c.l2)

@@ -56,6 +56,7 @@ GAN_DEFAULTS: dict[str, Any] = {
     "conv_widths": [32, 64, 128, 256],  # article discriminator
     "spectral_norm": False,
     "projection": False,  # dfgan D: projection term <W s, features> (Miyato & Koyama 2018)
+    "embed_scale": "unit",  # none | unit: the unit-norm sentence embedding x sqrt(dim) (z's scale)
     "channels": 0,  # 0 = auto: 1 for mnist / fashion-mnist, else 3
     # objective (dalle2.models.gan_objective.ObjectiveConfig)
     "loss": "hinge",  # hinge | bce
@@ -108,8 +109,8 @@ GAN_PRESETS: dict[str, dict[str, Any]] = {
         "data": {"resolution": 28},
         "train": {"batch_size": 64, "max_steps": 10_000, "checkpoint_every": 1000, "learning_rate": 2e-4},
         "gan": {"arch": "article", "loss": "bce", "mismatch": False, "ma_gp": 0.0, "diffaugment": False,
-                "d_lr_scale": 1.0, "beta1": 0.5, "beta2": 0.999, "ema_decay": 0.0, "sample_every": 500,
-                "monitor_every": 500},
+                "d_lr_scale": 1.0, "beta1": 0.5, "beta2": 0.999, "ema_decay": 0.0, "embed_scale": "none",
+                "sample_every": 500, "monitor_every": 500},
     },
 }  # fmt: skip
 
@@ -123,6 +124,7 @@ NETWORK_KEYS = (
     "conv_widths",
     "spectral_norm",
     "projection",
+    "embed_scale",
 )
 OBJECTIVE_KEYS = ("loss", "mismatch", "ma_gp", "ma_gp_power", "ma_gp_every", "diffaugment", "l1", "l2")
 
