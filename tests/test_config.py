@@ -32,6 +32,9 @@ def test_values_are_typed_and_checked():
         load_config("cpu", overrides=["train.batch_size=big"])
     with pytest.raises(ConfigError, match="batch_size must be >= 1"):
         load_config("cpu", overrides=["train.batch_size=0"])
+    with pytest.raises(ConfigError, match="keep_checkpoints must be >= 0"):
+        load_config("cpu", overrides=["train.keep_checkpoints=-1"])
+    assert load_config("cpu", overrides=["train.keep_checkpoints=0"]).train.keep_checkpoints == 0
     with pytest.raises(ConfigError, match="did you mean train.batch_size"):
         load_config("cpu", overrides=["train.batchsize=3"])
     with pytest.raises(ConfigError, match="unknown preset 'cpuu'.*did you mean 'cpu'"):

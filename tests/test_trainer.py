@@ -76,6 +76,7 @@ def make_trainer(out: Path, *, max_steps: int = 20, checkpoint_every: int = 5, l
         checkpoint_every=checkpoint_every,
         max_minutes=kwargs.pop("max_minutes", None),
         mixed_precision=kwargs.pop("mixed_precision", "no"),
+        keep_checkpoints=kwargs.pop("keep", 1),
         seed=0,
     )
     kwargs.setdefault("log_with", None)
@@ -221,6 +222,17 @@ def test_time_budget_stops_and_checkpoints(tmp_path):
     assert result.stop_reason == "time budget reached"
     assert 1 <= result.step < 100 and result.wall_seconds < 10
     assert result.checkpoint == tmp_path / "checkpoints" / f"step_{result.step:08d}"
+
+
+@pytest.mark.parametrize(("keep", "expected"), [(1, [20]), (2, [15, 20]), (0, [5, 10, 15, 20])])
+def test_train_keep_checkpoints(tmp_path, keep, expected):
+    make_trainer(tmp_path, keep=keep).train()
+    assert sorted(int(p.name.split("_")[1]) for p in (tmp_path / "checkpoints").iterdir()) == expected
+
+
+def test_negative_keep_checkpoints_is_refused(tmp_path):
+    with pytest.raises(TrainingError, match="keep_checkpoints must be >= 0"):
+        make_trainer(tmp_path, keep=-1)
 
 
 def test_tensorboard_logs_and_sample_grids(tmp_path):

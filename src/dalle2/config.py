@@ -45,6 +45,7 @@ class TrainConfig:
     schedule_steps: int | None = None  # length of the LR schedule; None = max_steps (set it to stop early and resume)
     max_minutes: float | None = None
     checkpoint_every: int = 500
+    keep_checkpoints: int = 1  # newest checkpoints kept on disk; 0 = keep every one (for quality-vs-time curves)
     mixed_precision: str = "no"  # "no" | "bf16"
     seed: int = 0
 
@@ -197,6 +198,7 @@ def validate(config: Config) -> None:
         ),
         (config.train.max_minutes is None or config.train.max_minutes > 0, "train.max_minutes must be > 0"),
         (config.train.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
+        (config.train.keep_checkpoints >= 0, "train.keep_checkpoints must be >= 0 (0 = keep all)"),
         (config.train.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision must be no, bf16 or fp16"),
     ]
     for ok, message in checks:

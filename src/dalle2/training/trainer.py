@@ -192,7 +192,8 @@ class Trainer:
     ``config.max_steps``; set it to the full length when stopping early by ``max_steps`` and resuming
     later with a larger one). Gradients
     are clipped to ``max_grad_norm``. ``config.max_minutes`` counts this run's wall time only.
-    Checkpoints go to ``out_dir/checkpoints/step_*`` (the newest ``keep_checkpoints`` kept), logs to
+    Checkpoints go to ``out_dir/checkpoints/step_*`` (the newest ``keep_checkpoints`` kept, default
+    ``config.keep_checkpoints``; 0 keeps all), logs to
     ``out_dir/logs/<stage_name>``, previews to ``out_dir/samples``. ``train(resume=False)`` refuses an
     ``out_dir`` that already holds a checkpoint; ``train(resume=True)`` without one starts afresh.
     """
@@ -221,7 +222,7 @@ class Trainer:
         max_grad_norm: float | None = 1.0,
         num_workers: int = 0,
         log_every: int = 10,
-        keep_checkpoints: int = 1,
+        keep_checkpoints: int | None = None,
         run_config: Config | dict[str, Any] | None = None,
         progress: bool = True,
         cpu: bool | None = None,
@@ -250,7 +251,11 @@ class Trainer:
         self.sample_fn = sample_fn
         self.sample_every = sample_every or config.checkpoint_every
         self.log_every = max(1, log_every)
-        self.keep_checkpoints = keep_checkpoints
+        self.keep_checkpoints = int(
+            getattr(config, "keep_checkpoints", 1) if keep_checkpoints is None else keep_checkpoints
+        )
+        if self.keep_checkpoints < 0:
+            raise TrainingError(f"{stage_name}: keep_checkpoints must be >= 0 (0 = all), got {self.keep_checkpoints}")
         self.progress = progress
         if run_config is None:
             run_config = {"train": dataclasses.asdict(config)}
