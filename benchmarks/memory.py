@@ -44,12 +44,18 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         run = str(Path(tmp) / "run")
         jobs = [
-            ("generate, bundled unCLIP, 1 prompt x 8, 64x64", [*dalle2, "generate", "a red circle", "-n", "8",
-                                                               "-o", str(Path(tmp) / "g.png")]),
-            ("generate, bundled unCLIP, 8 prompts x 8 (batch 64)", [*dalle2, "generate", *(["a red circle"] * 8),
-                                                                    "-n", "8", "-o", str(Path(tmp) / "g64.png")]),
-            ("generate, bundled GAN, 1 prompt x 8", [*dalle2, "generate", "a red circle", "--model", "gan", "-n",
-                                                     "8", "-o", str(Path(tmp) / "gan.png")]),
+            (
+                "generate, bundled unCLIP, 1 prompt x 8, 64x64",
+                [*dalle2, "generate", "a red circle", "-n", "8", "-o", str(Path(tmp) / "g.png")],
+            ),
+            (
+                "generate, bundled unCLIP, 8 prompts x 8 (batch 64)",
+                [*dalle2, "generate", *(["a red circle"] * 8), "-n", "8", "-o", str(Path(tmp) / "g64.png")],
+            ),
+            (
+                "generate, bundled GAN, 1 prompt x 8",
+                [*dalle2, "generate", "a red circle", "--model", "gan", "-n", "8", "-o", str(Path(tmp) / "gan.png")],
+            ),
         ]
         for stage in ("clip", "prior", "decoder", "upsampler"):
             jobs.append(

@@ -58,6 +58,31 @@ def test_projection_discriminator_adds_the_inner_product_term():
     assert Discriminator(GanConfig(image_size=16, embed_dim=EMBED, d_width=4)).net.project is None  # off by default
 
 
+def test_minibatch_std_is_per_group_of_consecutive_images():
+    from dalle2.models.gan import minibatch_std
+
+    h = torch.zeros(8, 2, 4, 4)
+    h[4, 0] = 1.0  # the third group of two (images 4 and 5) differs in channel 0 only
+    out = minibatch_std(h, 2)
+    assert out.shape == (8, 1, 4, 4)
+    per_image = out[:, 0, 0, 0]
+    expected = torch.tensor([0, 0, 0, 0, 0.25, 0.25, 0, 0]) + 1e-4  # std 0.5 and 0 (+ sqrt(1e-8)), averaged
+    torch.testing.assert_close(per_image, expected, atol=1e-3, rtol=0)
+    assert torch.all(minibatch_std(h[:7], 2) < 1e-3)  # 7 images: groups of 1, a zero map
+    config = GanConfig(image_size=16, embed_dim=EMBED, z_dim=8, d_width=4, minibatch_std=4)
+    d = Discriminator(config)
+    x = torch.randn(8, 3, 16, 16)
+    assert d(x, embeds(8)).shape == (8,)
+    with torch.no_grad():  # D's logit for image 0 depends on the other images of its group only
+        changed = x.clone()
+        changed[5] = torch.randn(3, 16, 16)
+        assert torch.equal(d(x, embeds(8))[:4], d(changed, embeds(8))[:4])
+        changed[1] = torch.randn(3, 16, 16)
+        assert not torch.equal(d(x, embeds(8))[0], d(changed, embeds(8))[0])
+    with pytest.raises(GanConfigError, match="minibatch_std must be >= 0"):
+        GanConfig(minibatch_std=-1)
+
+
 def test_dfgan_generator_starts_unconditioned_and_learns_to_listen():
     """DF-GAN's affine layers start as the identity: at initialisation the caption changes nothing."""
     torch.manual_seed(0)

@@ -64,6 +64,9 @@ class GanConfig:
     #: 1/sqrt(embed_dim), ten times smaller than z's), "unit" times sqrt(embed_dim) (unit variance per
     #: component, like z), so the condition is not drowned by the noise at initialisation
     embed_scale: str = "none"
+    #: dfgan D: append the minibatch standard deviation (Karras et al. 2018) over groups of this many images
+    #: as one more 4x4 feature map, so D can see a batch with too little variety (0 = off)
+    minibatch_std: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -77,6 +80,7 @@ class GanConfig:
                 f"embed_scale must be one of {', '.join(EMBED_SCALES)}, got {self.embed_scale!r}",
             ),
             (self.embed_dim >= 1 and self.z_dim >= 1, "embed_dim and z_dim must be >= 1"),
+            (self.minibatch_std >= 0, f"minibatch_std must be >= 0 (0 = off), got {self.minibatch_std}"),
             (self.g_width >= 1 and self.d_width >= 1 and self.max_mult >= 1, "widths and max_mult must be >= 1"),
             (all(w >= 1 for w in self.dense_widths) and len(self.dense_widths) >= 1, "dense_widths: >= 1 each"),
             (all(w >= 1 for w in self.conv_widths) and len(self.conv_widths) >= 1, "conv_widths: >= 1 each"),
@@ -190,6 +194,18 @@ class DownBlock(nn.Module):
         return self.shortcut(F.avg_pool2d(x, 2)) + self.gamma * h  # pool, then 1x1: the same, 4x cheaper
 
 
+def minibatch_std(h: torch.Tensor, group: int) -> torch.Tensor:
+    """(B, 1, H, W): the standard deviation over each group of ``group`` consecutive images, averaged over
+    channels and pixels, broadcast back to every image of the group (StyleGAN's layer). The discriminator
+    batch holds real, fake and mismatched pairs in consecutive blocks, so groups never mix kinds when the
+    block size is a multiple of ``group``; a batch that is not gets groups of 1 (a zero map)."""
+    b, _, height, width = h.shape
+    g = group if b % group == 0 else 1
+    grouped = h.float().reshape(b // g, g, *h.shape[1:])  # consecutive groups (StyleGAN strides them)
+    std = (grouped.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (b // g,)
+    return std.repeat_interleave(g)[:, None, None, None].expand(b, 1, height, width).to(h.dtype)
+
+
 class DFGenerator(nn.Module):
     def __init__(self, c: GanConfig) -> None:
         super().__init__()
@@ -220,13 +236,16 @@ class DFDiscriminator(nn.Module):
             *(DownBlock(widths[a], widths[b], sn) for a, b in zip(sizes, sizes[1:], strict=False))
         )
         c4 = widths[4]
-        self.joint = _sn(nn.Conv2d(c4 + c.embed_dim, 2 * c.d_width, 3, padding=1), sn)
+        self.group = c.minibatch_std
+        extra = 1 if self.group else 0
+        self.joint = _sn(nn.Conv2d(c4 + extra + c.embed_dim, 2 * c.d_width, 3, padding=1), sn)
         self.logit = _sn(nn.Conv2d(2 * c.d_width, 1, 4), sn)
         self.project = _sn(nn.Linear(c.embed_dim, c4, bias=False), sn) if c.projection else None
 
     def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         h = self.blocks(self.from_image(x))
-        joint = torch.cat([h, s[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])], dim=1)
+        features = [h, minibatch_std(h, self.group)] if self.group else [h]
+        joint = torch.cat([*features, s[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])], dim=1)
         logit = self.logit(F.leaky_relu(self.joint(joint), 0.2)).flatten()
         if self.project is not None:  # the projection discriminator's inner product with the caption
             logit = logit + (self.project(s) * F.leaky_relu(h, 0.2).mean((2, 3))).sum(1)

@@ -57,6 +57,7 @@ GAN_DEFAULTS: dict[str, Any] = {
     "spectral_norm": False,
     "projection": False,  # dfgan D: projection term <W s, features> (Miyato & Koyama 2018)
     "embed_scale": "unit",  # none | unit: the unit-norm sentence embedding x sqrt(dim) (z's scale)
+    "minibatch_std": 0,  # dfgan D: minibatch standard deviation over groups of N images (0 = off)
     "channels": 0,  # 0 = auto: 1 for mnist / fashion-mnist, else 3
     # objective (dalle2.models.gan_objective.ObjectiveConfig)
     "loss": "hinge",  # hinge | bce
@@ -125,6 +126,7 @@ NETWORK_KEYS = (
     "spectral_norm",
     "projection",
     "embed_scale",
+    "minibatch_std",
 )
 OBJECTIVE_KEYS = ("loss", "mismatch", "ma_gp", "ma_gp_power", "ma_gp_every", "diffaugment", "l1", "l2")
 
