@@ -39,6 +39,20 @@ GRID_PROMPTS = {
 COMPONENTS = ("clip", "prior", "decoder", "upsampler", "gan")
 
 
+def parse_models(parser: argparse.ArgumentParser, items: list[str]) -> list[tuple[str, str, Path]]:
+    """``DATA:LABEL=DIR`` arguments -> (data, label, folder); each DIR must be a pipeline folder."""
+    specs = []
+    for spec in items:
+        head, sep, folder = spec.partition("=")
+        data, colon, label = head.partition(":")
+        if not sep or not colon or not folder:
+            parser.error(f"{spec!r}: expected DATA:LABEL=DIR, e.g. shapes:unclip=runs/shapes")
+        if not (Path(folder) / "model_index.json").is_file():
+            parser.error(f"{spec!r}: {folder} is not a pipeline folder (no model_index.json)")
+        specs.append((data, label, Path(folder)))
+    return specs
+
+
 def training_minutes(folder: Path) -> float | None:
     """Sum of the training wall-clock seconds recorded in each component's report.json, in minutes."""
     total, found = 0.0, False
@@ -158,15 +172,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    specs = []
-    for spec in args.models:
-        head, sep, folder = spec.partition("=")
-        data, colon, label = head.partition(":")
-        if not sep or not colon or not folder:
-            parser.error(f"{spec!r}: expected DATA:LABEL=DIR, e.g. shapes:unclip=runs/shapes")
-        if not Path(folder).is_dir():
-            parser.error(f"{spec!r}: {folder} is not a folder")
-        specs.append((data, label, Path(folder)))
+    specs = parse_models(parser, args.models)
 
     minutes = {}
     for spec in args.minutes:

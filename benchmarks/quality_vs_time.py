@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gan_vs_unclip import training_minutes  # noqa: E402
+from gan_vs_unclip import parse_models, training_minutes  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -155,15 +155,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.points < 1:
         parser.error("--points must be >= 1")
-    specs = []
-    for spec in args.models:
-        head, sep, folder = spec.partition("=")
-        data, colon, label = head.partition(":")
-        if not sep or not colon or not folder:
-            parser.error(f"{spec!r}: expected DATA:LABEL=DIR, e.g. shapes:gan=runs/gan-shapes")
-        if not (Path(folder) / "model_index.json").is_file():
-            parser.error(f"{spec!r}: {folder} is not a pipeline folder (no model_index.json)")
-        specs.append((data, label, Path(folder)))
+    specs = parse_models(parser, args.models)
 
     import torch
 
@@ -179,7 +171,7 @@ def main() -> None:
         report = json.loads((folder / stage / "report.json").read_text())
         train = report.get("train") or {}
         final_seconds = train.get("total_wall_seconds", train.get("wall_seconds"))
-        others = (training_minutes(folder) or 0.0) - (float(final_seconds or 0.0) / 60)
+        others = max(0.0, (training_minutes(folder) or 0.0) - float(final_seconds or 0.0) / 60)
         for checkpoint in checkpoints(folder, stage, args.points):
             start = time.monotonic()
             step = int(checkpoint.name.split("_")[1])

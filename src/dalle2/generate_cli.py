@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from dalle2.cli_options import int_range
+
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")  # = dalle2.diffusion.SAMPLERS (not imported: it pulls in torch)
 MAX_STEPS = 1000  # sampling steps, as UnclipPipeline accepts
 MAX_SEED = 2**63 - 1
@@ -41,18 +43,6 @@ class GenerateError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------- option types
-def _int_range(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {value}")
-        return value
-
-    parse.__name__ = f"integer from {low} to {high}"
-    return parse
 
 
 def guidance_scale(text: str) -> float:
@@ -76,8 +66,8 @@ def _unit_interval(text: str) -> float:
     return value
 
 
-sampling_steps = _int_range(1, MAX_STEPS)
-seed_value = _int_range(0, MAX_SEED)
+sampling_steps = int_range(1, MAX_STEPS)
+seed_value = int_range(0, MAX_SEED)
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -494,7 +484,7 @@ def _add_model_options(p: argparse.ArgumentParser, output: str, output_help: str
     p.add_argument("--seed", type=seed_value, default=0, help="random seed: the same seed gives the same images")
     p.add_argument(
         "--cell",
-        type=_int_range(8, 1024),
+        type=int_range(8, 1024),
         metavar="PIXELS",
         help="displayed size of each grid tile (default: the output resolution, scaled up to >= 64)",
     )
@@ -526,7 +516,7 @@ def register(commands: Any, add: AddCommand) -> None:
     _add_model_options(
         p, "out.png", "PNG file, or a folder (writes out.png there; with --separate: 000.png, ...); see above"
     )
-    p.add_argument("-n", type=_int_range(1, 10_000), default=8, help="images per prompt")
+    p.add_argument("-n", type=int_range(1, 10_000), default=8, help="images per prompt")
     _add_decoder_options(p)
     p.add_argument("--sampler", choices=SAMPLERS, help="decoder sampler (default: the model's)")
     p.add_argument(
@@ -534,7 +524,7 @@ def register(commands: Any, add: AddCommand) -> None:
     )
     p.add_argument("--prior-guidance", type=guidance_scale, metavar="G", help="prior guidance (default: the model's)")
     p.add_argument("--separate", action="store_true", help="one PNG per image instead of a grid")
-    p.add_argument("--batch-size", type=_int_range(1, 4096), default=64, metavar="N", help="images sampled at once")
+    p.add_argument("--batch-size", type=int_range(1, 4096), default=64, metavar="N", help="images sampled at once")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
     p = command(
@@ -547,7 +537,7 @@ def register(commands: Any, add: AddCommand) -> None:
     )
     p.add_argument("image", help="image file")
     _add_model_options(p, "vary.png")
-    p.add_argument("-n", type=_int_range(1, 1000), default=4, help="number of variations")
+    p.add_argument("-n", type=int_range(1, 1000), default=4, help="number of variations")
     _add_decoder_options(p)
 
     p = command(
@@ -571,7 +561,7 @@ def register(commands: Any, add: AddCommand) -> None:
     p.add_argument("--from-prompt", metavar="TEXT", help="GAN: interpolate the text from this prompt ...")
     p.add_argument("--to-prompt", metavar="TEXT", help="... to this one")
     _add_model_options(p, "interp.png")
-    p.add_argument("--steps", type=_int_range(2, 64), default=8, help="number of images along the way, ends included")
+    p.add_argument("--steps", type=int_range(2, 64), default=8, help="number of images along the way, ends included")
     _add_decoder_options(p, "--sample-steps")
 
     p = command(
@@ -587,7 +577,7 @@ def register(commands: Any, add: AddCommand) -> None:
     p.add_argument("--from", dest="from_text", required=True, metavar="TEXT", help="text describing the image now")
     p.add_argument("--to", dest="to_text", required=True, metavar="TEXT", help="text describing the change")
     _add_model_options(p, "diff.png")
-    p.add_argument("--steps", type=_int_range(2, 64), default=6, help="number of images, the unchanged one included")
+    p.add_argument("--steps", type=int_range(2, 64), default=6, help="number of images, the unchanged one included")
     p.add_argument("--max-theta", type=_unit_interval, default=0.5, help="largest rotation (fraction of 90 degrees)")
     _add_decoder_options(p, "--sample-steps")
 
@@ -605,5 +595,5 @@ def register(commands: Any, add: AddCommand) -> None:
     p.add_argument("mask", help="mask image file (same size as IMAGE)")
     p.add_argument("prompt", help="what to paint into the masked region")
     _add_model_options(p, "edit.png")
-    p.add_argument("-n", type=_int_range(1, 1000), default=4, help="number of edits")
+    p.add_argument("-n", type=int_range(1, 1000), default=4, help="number of edits")
     _add_decoder_options(p)

@@ -8,9 +8,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from dalle2.cli_options import int_range
 
 API_KEY_ENV = "DALLE2_API_KEY"
 
@@ -32,20 +33,6 @@ examples:
   DALLE2_API_KEY=secret dalle2 serve runs/shapes runs/gan --max-batch 32 --out served/
   python -c "from openai import OpenAI; c = OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='x'); \\
 print(c.images.generate(prompt='a red circle', size='256x256').data[0].url)\""""
-
-
-def _int_at_least(low: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-        return value
-
-    parse.__name__ = f"integer >= {low}"
-    return parse
 
 
 def _seconds(text: str) -> float:
@@ -120,14 +107,14 @@ def register(commands: Any, add: Any) -> None:
     p.description, p.epilog, p.formatter_class = SERVE_HELP, SERVE_EXAMPLES, _HelpFormatter
     p.add_argument("models", nargs="*", metavar="MODEL_DIR", help="pipeline folders (the first is the default)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--port", type=_int_at_least(0), default=8000, metavar="PORT", help="port to listen on")
+    p.add_argument("--port", type=int_range(0), default=8000, metavar="PORT", help="port to listen on")
     p.add_argument("--api-key", help=f"require this key (Bearer); default: ${API_KEY_ENV}, else no key")
     p.add_argument(
         "--default-size", type=_size, metavar="WxH", help="size when a request has none (default: native output)"
     )
     p.add_argument(
         "--max-batch",
-        type=_int_at_least(1),
+        type=int_range(1),
         default=16,
         metavar="N",
         help="most images per model call (1: no batching)",
@@ -136,7 +123,7 @@ def register(commands: Any, add: Any) -> None:
         "--max-wait-ms", type=_seconds, default=20.0, metavar="MS", help="how long a batch waits for more requests"
     )
     p.add_argument(
-        "--queue-size", type=_int_at_least(1), default=64, metavar="N", help="waiting requests per model before 429"
+        "--queue-size", type=int_range(1), default=64, metavar="N", help="waiting requests per model before 429"
     )
     p.add_argument(
         "--timeout-s", type=_positive_seconds, default=120.0, metavar="S", help="per request, queue included (then 503)"
