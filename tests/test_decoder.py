@@ -177,6 +177,29 @@ def test_loss_drops_image_ten_and_caption_fifty_percent():
     assert not recorder.calls[0][2]["drop_image"].any() and not recorder.calls[0][2]["drop_text"].any()
 
 
+@pytest.mark.parametrize("prediction", ["v", "eps"])
+def test_min_snr_weights_each_sample_by_min_snr_gamma(prediction):
+    """Min-SNR-gamma (Hang et al. 2023): per-sample MSE times min(SNR, gamma) / (SNR + 1) for v, / SNR for eps."""
+    x0 = torch.rand(64, 3, SIZE, SIZE) * 2 - 1
+    cond = {"image_embed": torch.randn(64, EMBED), "text_tokens": torch.zeros(64, 1, WIDTH)}
+    losses = {}
+    for gamma in (None, 5.0):
+        model, recorder = _decoder(prediction=prediction, min_snr_gamma=gamma), _Recorder()
+        torch.manual_seed(3)  # the same t and noise for both
+        losses[gamma] = model.loss(recorder, x0, **cond)
+        ((x_t, t, _),) = recorder.calls
+    alphas = model.alphas_cumprod
+    a, s = alphas[t].sqrt()[:, None, None, None], (1 - alphas[t]).sqrt()[:, None, None, None]
+    noise = (x_t - a * x0) / s
+    target = a * noise - s * x0 if prediction == "v" else noise  # the recorder predicts 0
+    per_sample = target.pow(2).mean((1, 2, 3))
+    snr = alphas[t] / (1 - alphas[t])
+    weight = snr.clamp(max=5.0) / (snr + 1 if prediction == "v" else snr)
+    torch.testing.assert_close(losses[None], per_sample.mean(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(losses[5.0], (per_sample * weight).mean(), rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(losses[None], losses[5.0])
+
+
 def test_real_loss_backpropagates():
     model = _decoder("unet").train()
     cond = _cond(3)
