@@ -17,7 +17,7 @@ from dalle2.pipeline import BUNDLED, bundled_path
 
 PROMPTS_PER_TASK = 6
 #: measured on this slice (seed 0) when the model was bundled; see README "The bundled models"
-MEASURED = {"unclip": 0.125}  # 6 of 48 images (2026-11-30, two threads)
+MEASURED = {"unclip": 0.125}  # 6 of 48 images (2026-11-30, two threads; the same for the Min-SNR decoder)
 FLOOR = {"unclip": 0.0625}  # 3 of 48: guards against regressions, not a claim of faithfulness (README)
 MAX_MB = 30.0
 

@@ -57,7 +57,7 @@ GAN_DEFAULTS: dict[str, Any] = {
     "spectral_norm": False,
     "projection": False,  # dfgan D: projection term <W s, features> (Miyato & Koyama 2018)
     "embed_scale": "unit",  # none | unit: the unit-norm sentence embedding x sqrt(dim) (z's scale)
-    "minibatch_std": 0,  # dfgan D: minibatch standard deviation over groups of N images (0 = off)
+    "minibatch_std": 4,  # dfgan D: minibatch standard deviation over groups of N images (0 = off)
     "channels": 0,  # 0 = auto: 1 for mnist / fashion-mnist, else 3
     # objective (dalle2.models.gan_objective.ObjectiveConfig)
     "loss": "hinge",  # hinge | bce
@@ -111,7 +111,7 @@ GAN_PRESETS: dict[str, dict[str, Any]] = {
         "train": {"batch_size": 64, "max_steps": 10_000, "checkpoint_every": 1000, "learning_rate": 2e-4},
         "gan": {"arch": "article", "loss": "bce", "mismatch": False, "ma_gp": 0.0, "diffaugment": False,
                 "d_lr_scale": 1.0, "beta1": 0.5, "beta2": 0.999, "ema_decay": 0.0, "embed_scale": "none",
-                "sample_every": 500, "monitor_every": 500},
+                "minibatch_std": 0, "sample_every": 500, "monitor_every": 500},
     },
 }  # fmt: skip
 
