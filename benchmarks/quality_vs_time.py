@@ -15,8 +15,9 @@ runs counted in full) plus the finished training time of every other component t
 (their ``report.json``; a copied ``--clip-from`` CLIP counts zero, as in ``gan_vs_unclip.py``).
 
 Writes ``OUT/quality_vs_time.{json,md,png}`` (default OUT: ``benchmarks/results``) and each point's eval
-folder under ``--evals`` (default ``runs/quality_vs_time``). The plot needs matplotlib (``pip install
-'dalle2[bench]'``).
+folder under ``--evals`` (default ``runs/quality_vs_time``). ``--reuse`` takes the scores already there
+(when written after the checkpoint) instead of sampling again, e.g. after adding a model to the command.
+The plot needs matplotlib (``pip install 'dalle2[bench]'``).
 """
 
 from __future__ import annotations
@@ -152,6 +153,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--evals", default="runs/quality_vs_time")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="take a point's scores from EVALS when an earlier run wrote them after its checkpoint",
+    )
     args = parser.parse_args()
     if args.points < 1:
         parser.error("--points must be >= 1")
@@ -176,12 +182,16 @@ def main() -> None:
             start = time.monotonic()
             step = int(checkpoint.name.split("_")[1])
             work = Path(args.evals) / f"{data}-{label}" / f"step_{step:08d}"
-            pipe_dir = variant(folder, stage, checkpoint, work / "pipeline")
-            result = evaluate_model(pipe_dir, data, work / "eval", quick=True)
+            saved = work / "eval" / "eval.json"
+            if args.reuse and saved.is_file() and saved.stat().st_mtime > (checkpoint / "state.json").stat().st_mtime:
+                result = json.loads(saved.read_text())  # scored by an earlier run of this script
+            else:
+                pipe_dir = variant(folder, stage, checkpoint, work / "pipeline")
+                result = evaluate_model(pipe_dir, data, work / "eval", quick=True)
+                shutil.rmtree(pipe_dir)  # weights are reproducible from the checkpoint; keep only the scores
             minutes = others + stage_seconds(checkpoint, final_seconds, train.get("step")) / 60
             rows.append({"data": data, "model": label, "stage": stage, "step": step, "minutes": round(minutes, 2),
                          **quality(result)})  # fmt: skip
-            shutil.rmtree(pipe_dir)  # weights are reproducible from the checkpoint; keep only the scores
             print(f"{data} {label} {stage} step {step}: {minutes:.1f} min, scored in "
                   f"{time.monotonic() - start:.0f} s", flush=True)  # fmt: skip
     command = " ".join(["python benchmarks/quality_vs_time.py", *args.models, f"--points {args.points}"])
