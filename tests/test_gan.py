@@ -81,6 +81,8 @@ def test_minibatch_std_is_per_group_of_consecutive_images():
         assert not torch.equal(d(x, embeds(8))[0], d(changed, embeds(8))[0])
     with pytest.raises(GanConfigError, match="minibatch_std must be >= 0"):
         GanConfig(minibatch_std=-1)
+    with pytest.raises(GanConfigError, match="minibatch_std is a dfgan discriminator layer"):
+        GanConfig(arch="article", image_size=28, minibatch_std=4)
 
 
 def test_dfgan_generator_starts_unconditioned_and_learns_to_listen():

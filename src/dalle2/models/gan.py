@@ -85,6 +85,10 @@ class GanConfig:
             (all(w >= 1 for w in self.dense_widths) and len(self.dense_widths) >= 1, "dense_widths: >= 1 each"),
             (all(w >= 1 for w in self.conv_widths) and len(self.conv_widths) >= 1, "conv_widths: >= 1 each"),
         ]
+        if self.arch != "dfgan":
+            checks.append(
+                (self.minibatch_std == 0, "minibatch_std is a dfgan discriminator layer; use 0 with arch article")
+            )
         if self.arch == "dfgan":
             blocks = math.log2(self.image_size / 4) if self.image_size >= 8 else -1
             checks.append(
