@@ -200,6 +200,54 @@ def test_min_snr_weights_each_sample_by_min_snr_gamma(prediction):
     assert not torch.allclose(losses[None], losses[5.0])
 
 
+def test_foreground_mask_marks_pixels_off_the_median_colour():
+    from dalle2 import diffusion
+
+    x0 = torch.full((2, 3, 8, 8), -1.0)  # black background
+    x0[0, 0, 2:4, 2:5] = 1.0  # a red 2x3 object in image 0
+    x0[1] = 0.2  # image 1: plain grey, nothing in front
+    x0[1, 2, 0, 0] = 0.25  # a pixel within the threshold of the background
+    mask = diffusion.foreground_mask(x0)
+    assert mask.shape == (2, 1, 8, 8)
+    expected = torch.zeros(2, 1, 8, 8)
+    expected[0, 0, 2:4, 2:5] = 1.0
+    torch.testing.assert_close(mask, expected)
+
+
+def test_mse_per_sample_with_pixel_weight_is_the_weighted_mean():
+    from dalle2 import diffusion
+
+    pred, tgt = torch.randn(3, 3, 4, 4), torch.randn(3, 3, 4, 4)
+    w = torch.rand(3, 1, 4, 4) + 0.5
+    err = (pred - tgt).pow(2)
+    expected = (err * w).sum((1, 2, 3)) / (w.expand_as(err)).sum((1, 2, 3))
+    torch.testing.assert_close(diffusion.mse_per_sample(pred, tgt, w), expected)
+    torch.testing.assert_close(diffusion.mse_per_sample(pred, tgt, torch.ones(3, 1, 4, 4)), err.mean((1, 2, 3)))
+
+
+def test_foreground_weighted_loss_counts_object_pixels_more():
+    """decoder.foreground_weight: the per-sample loss is the weighted mean, weight 1 + w * alpha_bar_t on the object."""
+    x0 = torch.full((64, 3, SIZE, SIZE), -1.0)
+    x0[:, 1, 4:8, 4:8] = 1.0
+    cond = {"image_embed": torch.randn(64, EMBED), "text_tokens": torch.zeros(64, 1, WIDTH)}
+    losses = {}
+    for weight in (0.0, 20.0):
+        model, recorder = _decoder(foreground_weight=weight), _Recorder()
+        torch.manual_seed(3)
+        losses[weight] = model.loss(recorder, x0, **cond)
+        ((x_t, t, _),) = recorder.calls
+    alphas = model.alphas_cumprod
+    a, s = alphas[t].sqrt()[:, None, None, None], (1 - alphas[t]).sqrt()[:, None, None, None]
+    noise = (x_t - a * x0) / s
+    err = (a * noise - s * x0).pow(2)  # the recorder predicts 0
+    w = torch.ones(64, 3, SIZE, SIZE)
+    w[:, :, 4:8, 4:8] += 20.0 * alphas[t][:, None, None, None]
+    torch.testing.assert_close(losses[0.0], err.mean(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(losses[20.0], ((err * w).sum((1, 2, 3)) / w.sum((1, 2, 3))).mean(), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="foreground_weight"):
+        DiffusionConfig(net=_net("transformer"), foreground_weight=-1)
+
+
 def test_real_loss_backpropagates():
     model = _decoder("unet").train()
     cond = _cond(3)

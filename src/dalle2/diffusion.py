@@ -116,9 +116,22 @@ def target(x0: Tensor, noise: Tensor, alpha: Tensor, sigma: Tensor, prediction: 
     return x0
 
 
-def mse_per_sample(pred: Tensor, tgt: Tensor) -> Tensor:
-    """Per-sample mean squared error, shape (B,)."""
-    return F.mse_loss(pred, tgt, reduction="none").flatten(1).mean(1)
+def mse_per_sample(pred: Tensor, tgt: Tensor, pixel_weight: Tensor | None = None) -> Tensor:
+    """Per-sample mean squared error, shape (B,); ``pixel_weight`` (broadcastable to ``pred``) makes it the
+    weighted mean over each sample's elements."""
+    err = F.mse_loss(pred, tgt, reduction="none")
+    if pixel_weight is None:
+        return err.flatten(1).mean(1)
+    w = pixel_weight.expand_as(err)
+    return (err * w).flatten(1).sum(1) / w.flatten(1).sum(1)
+
+
+def foreground_mask(x0: Tensor, threshold: float = 0.1) -> Tensor:
+    """(B, 1, H, W) mask, 1 where a pixel of the clean image differs from the image's median colour by more
+    than ``threshold`` (in [-1, 1] units, any channel): the objects of a scene on a plain background (the
+    median colour is the background there, and the dominant colour in general)."""
+    median = x0.flatten(2).median(dim=2).values[:, :, None, None]
+    return ((x0 - median).abs().amax(1, keepdim=True) > threshold).to(x0.dtype)
 
 
 class Denoiser(nn.Module):
