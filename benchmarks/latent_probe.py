@@ -19,7 +19,6 @@ weights, the generated images and the eval report. A probe, not a pipeline compo
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import subprocess
 import sys
@@ -137,6 +136,7 @@ def main() -> None:
     import dalle2
     from dalle2.eval.prompts import read_jsonl
     from dalle2.models.decoder import DiffusionConfig, ImageDiffusion
+    from dalle2.training.ema import EMA
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -175,7 +175,7 @@ def main() -> None:
     }  # fmt: skip
     decoder = ImageDiffusion(DiffusionConfig(role="decoder", arch="transformer", net=net, min_snr_gamma=5.0))
     n_params = sum(p.numel() for p in decoder.parameters())
-    ema = copy.deepcopy(decoder).eval()
+    ema = EMA(decoder, decay=0.999)  # the trainer's EMA (warmup min(decay, (1 + t) / (10 + t)))
     opt = torch.optim.AdamW(decoder.parameters(), args.lr, weight_decay=0.0)
     step, start, total = 0, time.monotonic(), args.decoder_minutes * 60
     while (elapsed := time.monotonic() - start) < total:
@@ -188,10 +188,7 @@ def main() -> None:
         opt.step()
         opt.zero_grad()
         step += 1
-        with torch.no_grad():
-            decay = min(0.999, (1 + step) / (10 + step))
-            for e, p in zip(ema.parameters(), decoder.parameters(), strict=True):
-                e.lerp_(p, 1 - decay)
+        ema.update(decoder)
         if step % 200 == 0:
             log(f"latent decoder step {step}: loss {loss.item():.4f}, {step * 64 / elapsed:.0f} samples/s")
 
@@ -208,7 +205,7 @@ def main() -> None:
             z_t, hidden, mask = pipe.encode_text([r["prompt"] for r in chunk])
             embed = pipe.prior.sample(z_t, hidden, mask, generator=g)
             noise = torch.randn(len(chunk), channels, *z.shape[-2:], generator=g)
-            lat = ema.sample(noise, image_embed=embed, text_tokens=hidden, text_mask=mask, generator=g)
+            lat = ema.model.sample(noise, image_embed=embed, text_tokens=hidden, text_mask=mask, generator=g)
             x = ae.dec(lat * std[:, None, None] + mean[:, None, None]).clamp(-1, 1)
             for r, im in zip(chunk, pipe.to_pil(pipe._upsample(x, g)), strict=True):
                 im.save(folder / r["file_name"])
