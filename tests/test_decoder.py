@@ -248,6 +248,46 @@ def test_foreground_weighted_loss_counts_object_pixels_more():
         DiffusionConfig(net=_net("transformer"), foreground_weight=-1)
 
 
+class _DrawsSquare(torch.nn.Module):
+    """A v-prediction model whose x0 estimate is always a green square at rows/cols 10:14 on black."""
+
+    def __init__(self, alphas: torch.Tensor) -> None:
+        super().__init__()
+        self.alphas = alphas
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
+        drawn = torch.full_like(x, -1.0)
+        drawn[:, 1, 10:14, 10:14] = 1.0
+        a, s = self.alphas[t].sqrt()[:, None, None, None], (1 - self.alphas[t]).sqrt()[:, None, None, None]
+        return (a * x - drawn) / s  # v such that x0_hat = a * x_t - s * v = drawn
+
+
+def test_foreground_from_prediction_weights_what_the_model_draws_not_the_target():
+    """foreground_source=prediction: weight 1 + w (no alpha_bar factor) where the model's own x0 estimate is
+    off its median colour; the target's object (elsewhere) gets no extra weight."""
+    x0 = torch.full((16, 3, SIZE, SIZE), -1.0)
+    x0[:, 0, 2:6, 2:6] = 1.0  # the real object: red, top left
+    cond = {"image_embed": torch.randn(16, EMBED), "text_tokens": torch.zeros(16, 1, WIDTH)}
+    model = _decoder(foreground_weight=7.0, foreground_source="prediction")
+    drawer = _DrawsSquare(model.alphas_cumprod)
+    torch.manual_seed(5)
+    t = torch.randint(0, 1000, (16,))
+    torch.manual_seed(5)
+    loss = model.loss(drawer, x0, **cond)
+    alphas = model.alphas_cumprod
+    torch.manual_seed(5)
+    torch.randint(0, 1000, (16,))
+    noise = torch.randn(x0.shape)
+    a, s = alphas[t].sqrt()[:, None, None, None], (1 - alphas[t]).sqrt()[:, None, None, None]
+    x_t = a * x0 + s * noise
+    err = (drawer(x_t, t) - (a * noise - s * x0)).pow(2)
+    w = torch.ones_like(err)
+    w[:, :, 10:14, 10:14] = 8.0
+    torch.testing.assert_close(loss, ((err * w).sum((1, 2, 3)) / w.sum((1, 2, 3))).mean(), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="foreground_source"):
+        DiffusionConfig(net=_net("transformer"), foreground_source="x0")
+
+
 def test_real_loss_backpropagates():
     model = _decoder("unet").train()
     cond = _cond(3)
