@@ -17,6 +17,7 @@ from dalle2.models.gan_objective import (
     generator_loss,
     ma_gradient_penalty,
     mismatched,
+    mode_seeking_loss,
     weight_penalty,
 )
 
@@ -310,6 +311,34 @@ def test_generator_step_trains_only_the_generator():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.generator.parameters())
     with pytest.raises(ValueError, match="unknown GAN phase"):
         model("critic", embeds=embeds(4))
+
+
+def test_mode_seeking_pairs_captions_and_penalises_identical_images():
+    """gan.mode_seeking: the second half of G's batch repeats the first half's captions; the term is MSGAN's
+    1 / (mean|G(z1, s) - G(z2, s)| / mean|z1 - z2| + 1e-5), added with its weight."""
+    a, b = torch.zeros(2, 1, 4, 4), torch.full((2, 1, 4, 4), 0.5)
+    za, zb = torch.zeros(2, 3), torch.ones(2, 3)
+    assert mode_seeking_loss(a, b, za, zb).item() == pytest.approx(1 / (0.5 + 1e-5))
+    assert mode_seeking_loss(a, a.clone(), za, zb).item() == pytest.approx(1e5)  # collapsed: huge
+    with pytest.raises(ValueError, match="mode_seeking must be >= 0"):
+        ObjectiveConfig(mode_seeking=-1.0)
+
+    s = embeds(5)
+    model, d = objective(mode_seeking=2.0)
+    torch.manual_seed(1)
+    out = model("generator", embeds=s)
+    fake, cond = d.seen[-1]
+    assert torch.equal(cond[:2], s[:2]) and torch.equal(cond[2:4], s[:2]) and torch.equal(cond[4:], s[4:])
+    torch.manual_seed(1)
+    z = torch.randn(5, model.generator.z_dim)
+    ms = mode_seeking_loss(fake[:2], fake[2:4], z[:2], z[2:4])
+    adversarial = generator_loss("hinge", d.scale.detach() * (fake.flatten(1).mean(1) + cond.sum(1)))
+    assert out["mode_seeking"].item() == pytest.approx(ms.item(), rel=1e-5)
+    assert out["loss"].item() == pytest.approx((adversarial + 2.0 * ms).item(), rel=1e-5)
+    out["loss"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.generator.parameters())
+    plain, d = objective()
+    assert "mode_seeking" not in plain("generator", embeds=s) and torch.equal(d.seen[-1][1], s)
 
 
 def test_lazy_ma_gp_every_second_step():

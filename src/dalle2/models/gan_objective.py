@@ -13,7 +13,10 @@ regularisation: the double backward is the most expensive part of a D step).
 With ``diffaugment`` every image D sees (real and fake) is augmented first.
 
 Generator phase (``model("generator", embeds=embeds)``): fresh z, D frozen; hinge: -D(G(z, s), s), BCE:
-the non-saturating -log sigmoid(D(G(z, s), s)).
+the non-saturating -log sigmoid(D(G(z, s), s)). With ``mode_seeking`` w > 0 (MSGAN, Mao et al. 2019) the
+second half of the batch repeats the first half's captions with fresh noise, and G also minimises
+``w / (mean|G(z1, s) - G(z2, s)| / mean|z1 - z2| + 1e-5)``: two noises for one caption must give different
+images, against the collapse of a class to one image.
 
 ``l1`` / ``l2`` add weight * sum |w| / sum w^2 over the weight matrices and kernels (not biases) of the
 network a phase updates, as Keras' kernel regularisers do (the article's optional regularisation).
@@ -40,6 +43,7 @@ __all__ = [
     "generator_loss",
     "ma_gradient_penalty",
     "mismatched",
+    "mode_seeking_loss",
     "weight_penalty",
 ]
 
@@ -57,11 +61,12 @@ class ObjectiveConfig:
     diffaugment: bool = True  # colour, translation, cutout on everything D sees
     l1: float = 0.0  # L1 weight regularisation
     l2: float = 0.0  # L2 weight regularisation
+    mode_seeking: float = 0.0  # MSGAN mode-seeking weight (0 = off)
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        for name in ("ma_gp", "ma_gp_power", "l1", "l2"):
+        for name in ("ma_gp", "ma_gp_power", "l1", "l2", "mode_seeking"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if isinstance(self.ma_gp_every, bool) or not isinstance(self.ma_gp_every, int) or self.ma_gp_every < 1:
@@ -139,6 +144,13 @@ def ma_gradient_penalty(
         return logits.sum() * 0.0
     norm2 = torch.stack(squares).sum(0)
     return weight * norm2.pow(power / 2).mean()  # ||g||^p without a sqrt (whose gradient is inf at 0)
+
+
+def mode_seeking_loss(fake_a: torch.Tensor, fake_b: torch.Tensor, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+    """MSGAN's term (Mao et al. 2019, their reference code): ``1 / (mean|fake_a - fake_b| / mean|z_a - z_b| + 1e-5)``
+    for images drawn from the same captions with noises ``z_a`` and ``z_b``; small when they differ."""
+    ratio = (fake_a - fake_b).abs().mean() / (z_a - z_b).abs().mean()
+    return 1 / (ratio + 1e-5)
 
 
 def weight_penalty(module: nn.Module, l1: float, l2: float) -> torch.Tensor | None:
@@ -225,12 +237,20 @@ class GanObjective(nn.Module):
 
     def generator_step(self, embeds: torch.Tensor) -> dict[str, torch.Tensor]:
         c = self.config
-        fake = self.generator(self._noise(embeds), embeds)
+        half = embeds.shape[0] // 2
+        if c.mode_seeking and half:  # the second half repeats the first half's captions with other noise
+            embeds = torch.cat([embeds[:half], embeds[:half], embeds[2 * half :]])
+        z = self._noise(embeds)
+        fake = self.generator(z, embeds)
         with frozen(self.discriminator):
             logits = self.discriminator(self._augment(fake), embeds)
         loss = generator_loss(c.loss, logits)
-        reg = weight_penalty(self.generator, c.l1, c.l2)
         out = {"d_fake": logits.detach().mean()}
+        if c.mode_seeking and half:
+            ms = mode_seeking_loss(fake[:half], fake[half : 2 * half], z[:half], z[half : 2 * half])
+            loss = loss + c.mode_seeking * ms
+            out["mode_seeking"] = ms.detach()
+        reg = weight_penalty(self.generator, c.l1, c.l2)
         if reg is not None:
             loss = loss + reg
         return {"loss": loss, **out}

@@ -68,6 +68,7 @@ GAN_DEFAULTS: dict[str, Any] = {
     "diffaugment": True,
     "l1": 0.0,
     "l2": 0.0,
+    "mode_seeking": 0.0,  # MSGAN weight: two noises for one caption must differ (0 = off)
     # optimisers (G at train.learning_rate, D at train.learning_rate * d_lr_scale; constant)
     "optimizer": "adam",  # adam | sgd
     "d_lr_scale": 4.0,
@@ -128,7 +129,9 @@ NETWORK_KEYS = (
     "embed_scale",
     "minibatch_std",
 )
-OBJECTIVE_KEYS = ("loss", "mismatch", "ma_gp", "ma_gp_power", "ma_gp_every", "diffaugment", "l1", "l2")
+OBJECTIVE_KEYS = (
+    "loss", "mismatch", "ma_gp", "ma_gp_power", "ma_gp_every", "diffaugment", "l1", "l2", "mode_seeking",
+)  # fmt: skip
 
 
 class GanStageError(ValueError):
