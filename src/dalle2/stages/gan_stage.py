@@ -36,6 +36,7 @@ import torch.nn.functional as F
 import yaml
 
 from dalle2.gan_pipeline import sentence_embeddings
+from dalle2.models.gan_objective import ObjectiveConfig
 from dalle2.stages.common import default_trackers, merge_overrides, printer, stage_options, train_summary
 
 __all__ = ["GAN_DEFAULTS", "GAN_PRESETS", "GanStageError", "evaluate_gan", "train_gan"]
@@ -129,9 +130,7 @@ NETWORK_KEYS = (
     "embed_scale",
     "minibatch_std",
 )
-OBJECTIVE_KEYS = (
-    "loss", "mismatch", "ma_gp", "ma_gp_power", "ma_gp_every", "diffaugment", "l1", "l2", "mode_seeking",
-)  # fmt: skip
+OBJECTIVE_KEYS = tuple(sorted(ObjectiveConfig.keys()))  # the gan.* keys of the objective
 
 
 class GanStageError(ValueError):
@@ -217,7 +216,6 @@ def resolve(opts: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
 def _check(keys: dict[str, Any], config: Any) -> None:
     from dalle2.config import ConfigError
     from dalle2.models.gan import GanConfigError
-    from dalle2.models.gan_objective import ObjectiveConfig
 
     checks = [
         (keys["optimizer"] in ("adam", "sgd"), f"gan.optimizer must be adam or sgd, got {keys['optimizer']!r}"),
@@ -423,7 +421,7 @@ def train_gan(args: argparse.Namespace | dict[str, Any] | None = None, **kwargs:
     log(config.to_yaml() + yaml.safe_dump({"gan": keys}, sort_keys=False, default_flow_style=None).rstrip())
 
     from dalle2.models.gan import Discriminator, Generator
-    from dalle2.models.gan_objective import GanObjective, ObjectiveConfig
+    from dalle2.models.gan_objective import GanObjective
 
     torch.manual_seed(config.train.seed)
     generator, discriminator = Generator(net), Discriminator(net)
