@@ -195,3 +195,13 @@ def test_bad_inputs(tmp_path, capsys):
     assert not Path(out).exists()
     assert main(["train", "gan", "--out", out, "--preset", "huge"]) == 2
     assert "unknown preset 'huge'" in capsys.readouterr().err
+
+
+def test_article_preset_is_the_articles_recipe_and_cpu_adds_mode_seeking():
+    from dalle2.stages.gan_stage import resolve
+
+    config, keys = resolve({"preset": "article"})
+    assert (config.train.learning_rate, config.train.batch_size, config.data.resolution) == (2e-4, 64, 28)
+    assert (keys["loss"], keys["beta1"], keys["z_dim"], keys["arch"]) == ("bce", 0.5, 100, "article")
+    assert (keys["mismatch"], keys["ma_gp"], keys["diffaugment"], keys["mode_seeking"]) == (False, 0.0, False, 0.0)
+    assert resolve({"preset": "cpu"})[1]["mode_seeking"] == 0.1

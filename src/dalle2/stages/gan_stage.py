@@ -69,7 +69,7 @@ GAN_DEFAULTS: dict[str, Any] = {
     "diffaugment": True,
     "l1": 0.0,
     "l2": 0.0,
-    "mode_seeking": 0.0,  # MSGAN weight: two noises for one caption must differ (0 = off)
+    "mode_seeking": 0.1,  # MSGAN weight: two noises for one caption must differ (0 = off; README numbers)
     # optimisers (G at train.learning_rate, D at train.learning_rate * d_lr_scale; constant)
     "optimizer": "adam",  # adam | sgd
     "d_lr_scale": 4.0,
@@ -113,7 +113,7 @@ GAN_PRESETS: dict[str, dict[str, Any]] = {
         "train": {"batch_size": 64, "max_steps": 10_000, "checkpoint_every": 1000, "learning_rate": 2e-4},
         "gan": {"arch": "article", "loss": "bce", "mismatch": False, "ma_gp": 0.0, "diffaugment": False,
                 "d_lr_scale": 1.0, "beta1": 0.5, "beta2": 0.999, "ema_decay": 0.0, "embed_scale": "none",
-                "minibatch_std": 0, "sample_every": 500, "monitor_every": 500},
+                "minibatch_std": 0, "mode_seeking": 0.0, "sample_every": 500, "monitor_every": 500},
     },
 }  # fmt: skip
 
