@@ -14,7 +14,7 @@ diffusion: sampling is fast. Needs OUT/clip: copied (with OUT/tokenizer) from --
 else trained first by the CLIP stage.
 
 Presets: tiny (tests), cpu (DF-GAN recipe: deep-fusion generator, hinge loss, mismatched captions,
-MA-GP, DiffAugment, EMA of G; sized for one CPU core), gpu, article (the founding article's recipe:
+MA-GP, DiffAugment, EMA of G, mode seeking 0.1; sized for one CPU core), gpu, article (the founding article's recipe:
 dense generator 128-256-512-1024 with BatchNorm, four strided 3x3 convolutions in D, BCE with the
 non-saturating generator loss, Adam 2e-4 / beta1 0.5, batch 64, 28x28; the text fed to G and D).
 Every choice is a gan.* key (--set gan.loss=bce, gan.mismatch=false, gan.ma_gp=0, gan.diffaugment=false,
