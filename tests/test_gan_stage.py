@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 import dalle2
 from dalle2.cli import main
 from dalle2.config import ConfigError
-from dalle2.gan_pipeline import GanPipeline
+from dalle2.eval.evaluate import EvalError, evaluate_model
+from dalle2.gan_pipeline import GanPipeline, truncated_noise
 from dalle2.pipeline import PipelineError
 from dalle2.stages.gan_stage import GanStageError, train_gan
 from tests.test_idx import make_split
@@ -101,6 +102,57 @@ def test_interpolation(pipe):
 def test_pipeline_bad_input(pipe, call, message):
     with pytest.raises(PipelineError, match=message):
         call(pipe)
+
+
+def test_truncated_noise_redraws_only_what_is_beyond_the_threshold():
+    z = truncated_noise(256, 16, torch.Generator().manual_seed(1), 0.5)
+    assert z.shape == (256, 16) and z.abs().max() <= 0.5
+    assert z.std() < 0.35  # a normal truncated at 0.5 has std 0.28; the plain one 1
+    assert torch.equal(z, truncated_noise(256, 16, torch.Generator().manual_seed(1), 0.5))
+    plain = truncated_noise(256, 16, torch.Generator().manual_seed(1))
+    assert torch.equal(plain, torch.randn(256, 16, generator=torch.Generator().manual_seed(1)))
+    kept = plain.abs() <= 0.5  # components already inside are kept, the rest redrawn
+    assert torch.equal(z[kept], plain[kept])
+    for bad in (0, -1.0, 10.5, float("nan"), True, "1"):
+        with pytest.raises(PipelineError, match="truncation must be a number in"):
+            truncated_noise(4, 4, torch.Generator(), bad)
+
+
+def test_pipeline_truncation(pipe):
+    narrow = pipe([A, B], n=2, seed=3, truncation=0.25)
+    assert all(np.array_equal(arr(x), arr(y)) for x, y in zip(narrow, pipe([A, B], 2, 3, truncation=0.25), strict=True))
+    plain = pipe([A, B], n=2, seed=3)
+    assert any(not np.array_equal(arr(x), arr(y)) for x, y in zip(narrow, plain, strict=True))
+    # a threshold no Gaussian draw reaches here changes nothing
+    assert all(np.array_equal(arr(x), arr(y)) for x, y in zip(pipe([A, B], 2, 3, truncation=10), plain, strict=True))
+    with pytest.raises(PipelineError, match="truncation must be a number in"):
+        pipe(A, 1, truncation=0)
+
+
+def test_truncation_command_options(gan_folder, pipe, tmp_path, capsys):
+    out = tmp_path / "t.png"
+    argv = ["generate", A, "--model", str(gan_folder), "-n", "2", "--seed", "5", "--cell", "16", "-o", str(out)]
+    assert main([*argv, "--truncation", "0.3"]) == 0
+    grid = Image.open(out).convert("RGB")
+    assert np.array_equal(arr(grid.crop((2, 2, 18, 18))), arr(pipe(A, 2, seed=5, truncation=0.3)[0]))
+    capsys.readouterr()
+    for value, message in [("0", "must be greater than 0 and at most 10"), ("x", "expected a number")]:
+        with pytest.raises(SystemExit):
+            main([*argv, "--truncation", value])
+        assert message in capsys.readouterr().err
+    assert main(["generate", A, "-o", str(tmp_path / "u.png"), "--truncation", "0.5"]) == 2  # the bundled unCLIP
+    assert "--truncation: only for GAN pipelines" in capsys.readouterr().err
+
+
+def test_eval_sampling_options_belong_to_their_model_kind(gan_folder, pipe, tmp_path):
+    with pytest.raises(EvalError, match="guidance: a sampling option of unclip models, not of .* \\(gan\\)"):
+        evaluate_model(gan_folder, "shapes", tmp_path, quick=True, sample_kwargs={"guidance": 3.0}, pipeline=pipe)
+
+    class Unclip:
+        kind = "unclip"
+
+    with pytest.raises(EvalError, match="truncation: a sampling option of gan models, not of x \\(unclip\\)"):
+        evaluate_model("x", "shapes", tmp_path, sample_kwargs={"truncation": 0.5, "steps": 4}, pipeline=Unclip())
 
 
 def test_resume_continues_exactly(gan_folder, tmp_path):

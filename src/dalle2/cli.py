@@ -136,7 +136,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
             clip=args.clip,
             sample_kwargs={
                 k: v
-                for k, v in (("steps", args.steps), ("sampler", args.sampler), ("guidance", args.guidance))
+                for k, v in (
+                    ("steps", args.steps),
+                    ("sampler", args.sampler),
+                    ("guidance", args.guidance),
+                    ("truncation", args.truncation),
+                )
                 if v is not None
             },
         )
@@ -268,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_serve(commands, add)
 
     # eval
+    from dalle2.generate_cli import truncation_value
+
     p = add(commands, "eval", "score a model, or any program's images, on a benchmark", cmd_eval)
     p.add_argument("model", nargs="?", help="pipeline folder to sample (omit with --images)")
     p.add_argument("--data", default="shapes", help="benchmark: shapes, fashion-mnist, mnist, folder:PATH")
@@ -284,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, help="unCLIP: decoder sampling steps (default: the model's)")
     p.add_argument("--sampler", choices=("ddpm", "ddim", "dpmpp_2m"), help="unCLIP: decoder sampler")
     p.add_argument("--guidance", type=float, help="unCLIP: decoder guidance scale")
+    p.add_argument("--truncation", type=truncation_value, metavar="T", help="GAN: truncation threshold (default: off)")
 
     p = add(commands, "eval-prompts", "write the benchmark prompts (and real images for them)", cmd_eval_prompts)
     p.add_argument("--data", default="shapes", help="benchmark: shapes, fashion-mnist, mnist, folder:PATH")

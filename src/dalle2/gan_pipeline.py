@@ -11,6 +11,10 @@ three equal channels). Besides generation:
 
 Everything is reproducible from ``seed``: the noise of all images is drawn before batching, so the
 batch size never changes the images.
+
+``truncation`` (BigGAN's truncation trick, Brock et al. 2019): every noise component whose magnitude
+exceeds the threshold is redrawn until none does, so samples stay near the typical noise the generator
+saw most; a smaller threshold gives more typical, less varied images (None: plain Gaussian noise).
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from PIL import Image
 from dalle2.pipeline import PipelineError, register
 from dalle2.unclip_pipeline import _check_count, _check_prompts, slerp
 
-__all__ = ["GanPipeline", "sentence_embeddings", "slerp_noise"]
+__all__ = ["GanPipeline", "sentence_embeddings", "slerp_noise", "truncated_noise"]
+
+MAX_TRUNCATION = 10.0  # beyond this a draw is practically never redrawn: the option would do nothing
 
 
 @torch.no_grad()
@@ -45,6 +51,23 @@ def slerp_noise(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     omega = torch.arccos(cos)
     so = torch.sin(omega)
     return (torch.sin((1 - t) * omega) / so) * a + (torch.sin(t * omega) / so) * b
+
+
+def truncated_noise(count: int, dim: int, generator: torch.Generator, truncation: float | None = None) -> torch.Tensor:
+    """(count, dim) standard Gaussian noise from ``generator``; with ``truncation`` t every component with
+    |z| > t is redrawn (from the same generator) until none is: the truncated normal of BigGAN."""
+    if truncation is not None and (
+        isinstance(truncation, bool) or not isinstance(truncation, int | float) or not 0 < truncation <= MAX_TRUNCATION
+    ):
+        raise PipelineError(f"truncation must be a number in (0, {MAX_TRUNCATION:g}], got {truncation!r}")
+    z = torch.randn(count, dim, generator=generator)
+    if truncation is None:
+        return z
+    while True:
+        outside = z.abs() > truncation
+        if not outside.any():
+            return z
+        z[outside] = torch.randn(int(outside.sum()), generator=generator)
 
 
 class GanPipeline:
@@ -125,15 +148,23 @@ class GanPipeline:
 
     @torch.no_grad()
     def __call__(
-        self, prompts: str | list[str], n: int = 1, seed: int = 0, *, batch_size: int = 256, progress: Any = None
+        self,
+        prompts: str | list[str],
+        n: int = 1,
+        seed: int = 0,
+        *,
+        truncation: float | None = None,
+        batch_size: int = 256,
+        progress: Any = None,
     ) -> list[Image.Image]:
         """``n`` images per prompt (prompt-major) at ``resolution``, reproducible from ``seed``.
+        ``truncation``: redraw noise components beyond this magnitude (module docstring; None = off).
         ``progress``: an object with ``update(k)`` (e.g. a tqdm bar) called per finished batch."""
         items = _check_prompts(prompts)
         _check_count("n", n, 1, 10_000)
         _check_count("batch_size", batch_size, 1, 4096)
         g = self._generator(seed)
-        z = torch.randn(len(items) * n, self.generator.z_dim, generator=g)
+        z = truncated_noise(len(items) * n, self.generator.z_dim, g, truncation)
         embeds = self.encode_text(items).repeat_interleave(n, 0)
         images: list[Image.Image] = []
         for i in range(0, z.shape[0], batch_size):

@@ -66,6 +66,19 @@ def _unit_interval(text: str) -> float:
     return value
 
 
+def truncation_value(text: str) -> float:
+    """A GAN truncation threshold: a number in (0, 10] (noise components beyond it are redrawn)."""
+    from dalle2.gan_pipeline import MAX_TRUNCATION
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value <= MAX_TRUNCATION:
+        raise argparse.ArgumentTypeError(f"must be greater than 0 and at most {MAX_TRUNCATION:g}, got {text}")
+    return value
+
+
 sampling_steps = int_range(1, MAX_STEPS)
 seed_value = int_range(0, MAX_SEED)
 
@@ -280,12 +293,14 @@ def cmd_generate(args: argparse.Namespace) -> None:
     start = time.monotonic()
     with tqdm(total=count, unit="img", desc="generate", disable=None if args.progress else True) as bar:
         if isinstance(pipe, UnclipPipeline):
+            if args.truncation is not None:
+                raise GenerateError(f"--truncation: only for GAN pipelines, not {args.model or 'the bundled unCLIP'}")
             images = pipe(prompts, args.n, args.seed, **unclip_options, batch_size=args.batch_size, progress=bar)
         else:
             given = [name.replace("_", "-") for name, value in unclip_options.items() if value is not None]
             if given:
                 raise GenerateError(f"--{', --'.join(given)}: only for unCLIP pipelines, not {args.model}")
-            images = pipe(prompts, n=args.n, seed=args.seed)
+            images = pipe(prompts, n=args.n, seed=args.seed, truncation=args.truncation)
             bar.update(count)
     seconds = time.monotonic() - start
     cell = args.cell or default_cell(pipe.resolution)
@@ -523,6 +538,13 @@ def register(commands: Any, add: AddCommand) -> None:
         "--prior-steps", type=sampling_steps, metavar="N", help="prior sampling steps (default: the model's)"
     )
     p.add_argument("--prior-guidance", type=guidance_scale, metavar="G", help="prior guidance (default: the model's)")
+    p.add_argument(
+        "--truncation",
+        type=truncation_value,
+        metavar="T",
+        help="GAN only: redraw noise components beyond T (BigGAN's truncation trick; smaller = more typical, "
+        "less varied; default: off)",
+    )
     p.add_argument("--separate", action="store_true", help="one PNG per image instead of a grid")
     p.add_argument("--batch-size", type=int_range(1, 4096), default=64, metavar="N", help="images sampled at once")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

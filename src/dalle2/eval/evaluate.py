@@ -34,6 +34,10 @@ FOLDER_REPORT, FOLDER_QUICK = 5000, 500  # folder:PATH: captions evaluated (at m
 GRID_SIZE = 48
 
 
+#: the sampling options each pipeline kind takes in ``evaluate_model(sample_kwargs=...)``
+SAMPLE_OPTIONS: dict[str, set[str]] = {"unclip": {"steps", "sampler", "guidance"}, "gan": {"truncation"}}
+
+
 class EvalError(ValueError):
     """Evaluation inputs are missing or inconsistent."""
 
@@ -376,14 +380,19 @@ def evaluate_model(
     sample_kwargs: dict[str, Any] | None = None,
     pipeline: Any = None,
 ) -> dict[str, Any]:
-    """Sample a saved pipeline on the benchmark prompts and score it. ``sample_kwargs`` (e.g. ``steps``,
-    ``sampler``, ``guidance`` for unCLIP) go to every pipeline call; ``pipeline`` reuses an opened one."""
+    """Sample a saved pipeline on the benchmark prompts and score it. ``sample_kwargs`` (``steps``,
+    ``sampler``, ``guidance`` for unCLIP; ``truncation`` for a GAN; :data:`SAMPLE_OPTIONS`) go to every
+    pipeline call; ``pipeline`` reuses an opened one."""
     from dalle2.pipeline import load
 
     pipe = pipeline if pipeline is not None else load(model_dir)
     sample_kwargs = dict(sample_kwargs or {})
-    if sample_kwargs and getattr(pipe, "kind", None) != "unclip":
-        raise EvalError(f"{', '.join(sample_kwargs)}: sampler options apply to unCLIP models only, not {model_dir}")
+    kind = getattr(pipe, "kind", None)
+    wrong = sorted(set(sample_kwargs) - SAMPLE_OPTIONS.get(kind, set()))
+    if wrong:
+        owners = {o: k for k, options in SAMPLE_OPTIONS.items() for o in options}
+        said = (f"{o}: a sampling option of {owners.get(o, 'no')} models, not of {model_dir} ({kind})" for o in wrong)
+        raise EvalError("; ".join(said))
     records = benchmark(data, quick, features=features, clip=clip)
     prompts = [r["prompt"] for r in records]
     images: list[Image.Image] = []
