@@ -4,8 +4,9 @@
 
 On single-object ``shapes`` test images (64x64), each image embedding is compared with the text embeddings
 of "a COLOUR SHAPE" for every colour at the true shape (colour accuracy) and every shape at the true colour
-(shape accuracy), as the CLIP stage's report does for the pipeline's own CLIP. Its image tower is the
-feature space of ``FD_clip-shapes-v1``, so this says how much of FD on ``shapes`` can be about shape.
+(shape accuracy), with ``dalle2.eval.zero_shot``, as the CLIP stage's report does for the pipeline's own
+CLIP. Its image tower is the feature space of ``FD_clip-shapes-v1``, so this says how much of FD on
+``shapes`` can be about shape.
 Writes ``benchmarks/results/evaluator_zero_shot.{json,md}``.
 """
 
@@ -27,30 +28,16 @@ def main() -> None:
     import torch
 
     from dalle2.data import open_dataset
-    from dalle2.data.shapes import COLORS, SHAPES
     from dalle2.eval.clip_evaluator import ClipScorer
+    from dalle2.eval.zero_shot import attribute_accuracy, single_object
 
     scorer = ClipScorer.load("clip-shapes-v1")
     dataset = open_dataset("shapes", split="test", resolution=64, seed=0, length=args.samples)
-    items = [dataset[i] for i in range(len(dataset))]
-    items = [s for s in items if s["meta"].get("kind") == "single" and len(s["meta"].get("objects", [])) == 1]
-    images = torch.stack([s["image"] for s in items])
-    image_embeds = scorer.embed_images(images)
-    colors, shapes = list(COLORS), list(SHAPES)
-    table = scorer.embed_texts([f"a {c} {s}" for c in colors for s in shapes]).view(len(colors), len(shapes), -1)
-    right = {"color": 0, "shape": 0}
-    for embed, sample in zip(image_embeds, items, strict=True):
-        obj = sample["meta"]["objects"][0]
-        c, s = colors.index(obj["color"]), shapes.index(obj["shape"])
-        right["color"] += int((table[:, s] @ embed).argmax()) == c
-        right["shape"] += int((table[c] @ embed).argmax()) == s
+    items = [s for s in (dataset[i] for i in range(len(dataset))) if single_object(s["meta"])]
+    image_embeds = scorer.embed_images(torch.stack([s["image"] for s in items]))
     result = {
         "evaluator": scorer.name,
-        "images": len(items),
-        "color_accuracy": right["color"] / len(items),
-        "color_chance": 1 / len(colors),
-        "shape_accuracy": right["shape"] / len(items),
-        "shape_chance": 1 / len(shapes),
+        **attribute_accuracy(image_embeds, [s["meta"] for s in items], scorer.embed_texts),
         "command": f"python benchmarks/evaluator_zero_shot.py --samples {args.samples}",
     }
     out = Path(args.out)
@@ -58,7 +45,7 @@ def main() -> None:
     (out / "evaluator_zero_shot.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "evaluator_zero_shot.md").write_text(
         "# Zero-shot attributes of the FD feature space (`clip-shapes-v1`)\n\n"
-        f"`{result['command']}`: {len(items)} single-object `shapes` test images, 64x64\n\n"
+        f"`{result['command']}`: {result['images']} single-object `shapes` test images, 64x64\n\n"
         "| attribute | accuracy | chance |\n|---|---|---|\n"
         f"| colour | {result['color_accuracy']:.3f} | {result['color_chance']:.3f} |\n"
         f"| shape | {result['shape_accuracy']:.3f} | {result['shape_chance']:.3f} |\n"

@@ -147,30 +147,6 @@ def _recall(image_embeds: torch.Tensor, text_embeds: torch.Tensor, chunk: int = 
 
 
 @torch.no_grad()
-def _attribute_accuracy(model: ClipModel, image_embeds: torch.Tensor, metas: list[dict[str, Any]]) -> dict[str, Any]:
-    from dalle2.data.shapes import COLORS, SHAPES
-
-    picks = [i for i, m in enumerate(metas) if m.get("kind") == "single" and len(m.get("objects", [])) == 1]
-    if not picks:
-        return {}
-    colors, shapes = list(COLORS), list(SHAPES)
-    prompts = [f"a {c} {s}" for c in colors for s in shapes]
-    table = model.encode_prompts(prompts)[0].cpu().view(len(colors), len(shapes), -1)  # (C, S, D)
-    right = {"color": 0, "shape": 0}
-    for i in picks:
-        obj = metas[i]["objects"][0]
-        c, s = colors.index(obj["color"]), shapes.index(obj["shape"])
-        right["color"] += int((table[:, s] @ image_embeds[i]).argmax()) == c
-        right["shape"] += int((table[c] @ image_embeds[i]).argmax()) == s
-    return {
-        "images": len(picks),
-        "color_accuracy": right["color"] / len(picks),
-        "color_chance": 1 / len(colors),
-        "shape_accuracy": right["shape"] / len(picks),
-        "shape_chance": 1 / len(shapes),
-    }
-
-
 def evaluate_clip(model: ClipModel, dataset_spec: str, resolution: int, samples: int, seed: int = 0) -> dict[str, Any]:
     """Zero-shot retrieval on ``samples`` test pairs (+ attribute accuracy on shapes); see the module docstring."""
     from dalle2.data import open_dataset
@@ -187,7 +163,11 @@ def evaluate_clip(model: ClipModel, dataset_spec: str, resolution: int, samples:
     report["retrieval"]["chance_r1"] = 1 / max(chunk, 1)
     report["retrieval"]["chance_r5"] = min(1.0, 5 / max(chunk, 1))
     if dataset_spec.partition(":")[0] == "shapes":
-        report["zero_shot"] = _attribute_accuracy(model, image_embeds, [s["meta"] for s in items])
+        from dalle2.eval.zero_shot import attribute_accuracy
+
+        report["zero_shot"] = attribute_accuracy(
+            image_embeds, [s["meta"] for s in items], lambda prompts: model.encode_prompts(prompts)[0]
+        )
     return report
 
 
