@@ -212,7 +212,7 @@ def test_ema_without_warmup_barely_moves():
     torch.testing.assert_close(ema.model.weight, model.weight - 0.999)
 
 
-def test_time_budget_stops_and_checkpoints(tmp_path):
+def test_time_budget_stops_and_checkpoints(tmp_path, capsys):
     def slow_loss(model, batch):
         time.sleep(0.02)
         return noisy_loss(model, batch)
@@ -222,6 +222,8 @@ def test_time_budget_stops_and_checkpoints(tmp_path):
     assert result.stop_reason == "time budget reached"
     assert 1 <= result.step < 100 and result.wall_seconds < 10
     assert result.checkpoint == tmp_path / "checkpoints" / f"step_{result.step:08d}"
+    # the step limit still binds too, and the run says so when it starts
+    assert "stops at step 100,000 (train.max_steps) or after 0.005 min of this run" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(("keep", "expected"), [(1, [20]), (2, [15, 20]), (0, [5, 10, 15, 20])])

@@ -489,6 +489,11 @@ class Trainer:
         window: dict[str, list[float]] = {}  # logged name -> [sum, count] over the logging window
         window_steps, window_start = 0, time.monotonic()
         stop_reason = "max_steps reached" if self.step >= cfg.max_steps else None
+        if deadline is not None and stop_reason is None:  # both limits bind; say so, a preset may set max_steps low
+            acc.print(
+                f"{self.stage_name}: stops at step {cfg.max_steps:,} (train.max_steps) or after "
+                f"{cfg.max_minutes:g} min of this run, whichever comes first"
+            )
         micro: list[list[tuple[torch.Tensor, dict[str, torch.Tensor]]]] = [[] for _ in self.phases]
         self.model.train()
 
