@@ -425,5 +425,7 @@ def test_other_pipeline_kinds(capsys, tmp_path, monkeypatch):
     assert arr(Image.open(out))[G.CAPTION_BAND + G.PAD, G.PAD].tolist() == [7, 100, 200]
     code, _, stderr = run(capsys, "generate", "a", "--model", folder, "--steps", 3, "-o", out)
     assert code == 2 and "--steps: only for unCLIP pipelines" in stderr
+    code, _, stderr = run(capsys, "generate", "a", "--model", folder, "--truncation", 0.5, "-o", out)
+    assert code == 2 and "--truncation: only for GAN pipelines" in stderr
     code, _, stderr = run(capsys, "vary", out, "--model", folder, "-o", tmp_path / "v.png")
     assert code == 2 and "is a 'flat' pipeline, which has no vary" in stderr

@@ -292,15 +292,16 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     start = time.monotonic()
     with tqdm(total=count, unit="img", desc="generate", disable=None if args.progress else True) as bar:
+        if args.truncation is not None and getattr(pipe, "kind", None) != "gan":
+            raise GenerateError(f"--truncation: only for GAN pipelines, not {args.model or 'the bundled unCLIP'}")
         if isinstance(pipe, UnclipPipeline):
-            if args.truncation is not None:
-                raise GenerateError(f"--truncation: only for GAN pipelines, not {args.model or 'the bundled unCLIP'}")
             images = pipe(prompts, args.n, args.seed, **unclip_options, batch_size=args.batch_size, progress=bar)
         else:
             given = [name.replace("_", "-") for name, value in unclip_options.items() if value is not None]
             if given:
                 raise GenerateError(f"--{', --'.join(given)}: only for unCLIP pipelines, not {args.model}")
-            images = pipe(prompts, n=args.n, seed=args.seed, truncation=args.truncation)
+            gan_options = {"truncation": args.truncation} if args.truncation is not None else {}
+            images = pipe(prompts, n=args.n, seed=args.seed, **gan_options)
             bar.update(count)
     seconds = time.monotonic() - start
     cell = args.cell or default_cell(pipe.resolution)
