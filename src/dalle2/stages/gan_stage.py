@@ -28,6 +28,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 import yaml
 
 from dalle2.gan_pipeline import sentence_embeddings
+from dalle2.models.gan import GanConfig
 from dalle2.models.gan_objective import ObjectiveConfig
 from dalle2.stages.common import default_trackers, merge_overrides, printer, stage_options, train_summary
 
@@ -117,19 +119,8 @@ GAN_PRESETS: dict[str, dict[str, Any]] = {
     },
 }  # fmt: skip
 
-NETWORK_KEYS = (
-    "arch",
-    "z_dim",
-    "g_width",
-    "d_width",
-    "max_mult",
-    "dense_widths",
-    "conv_widths",
-    "spectral_norm",
-    "projection",
-    "embed_scale",
-    "minibatch_std",
-)
+#: the gan.* keys of the networks: GanConfig's fields less the sizes the stage fills in from data and CLIP
+NETWORK_KEYS = tuple(f.name for f in fields(GanConfig) if f.name not in ("image_size", "channels", "embed_dim"))
 OBJECTIVE_KEYS = tuple(sorted(ObjectiveConfig.keys()))  # the gan.* keys of the objective
 
 
@@ -246,8 +237,6 @@ def image_channels(keys: dict[str, Any], dataset: str) -> int:
 
 
 def network_config(keys: dict[str, Any], config: Any, embed_dim: int) -> Any:
-    from dalle2.models.gan import GanConfig
-
     return GanConfig(
         **{k: keys[k] for k in NETWORK_KEYS},
         image_size=config.data.resolution,
