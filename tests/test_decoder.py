@@ -143,6 +143,58 @@ def test_without_drop_every_condition_matters(arch):
     torch.testing.assert_close(_run(model, cond, **both), _run(model, other, **both), rtol=0, atol=1e-6)
 
 
+def _caption_decoder() -> ImageDiffusion:
+    """A UNet decoder with its own caption encoder (GLIDE's): ``text_tokens`` are token ids."""
+    torch.manual_seed(0)
+    net = {**_net("unet"), "text_pool": True, "context_dim": 16, "caption_layers": 1, "caption_vocab": 30,
+           "caption_length": 5}  # fmt: skip
+    model = ImageDiffusion(DiffusionConfig(arch="unet", net=net, sample_steps=3)).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model
+
+
+def test_own_caption_encoder_reads_token_ids_and_drops_on_every_path():
+    model = _caption_decoder()
+    assert model.reads_token_ids and not _decoder("unet").reads_token_ids
+    cond = _cond(2)
+    cond["text_tokens"] = torch.tensor([[1, 7, 3, 0, 0], [1, 4, 9, 9, 2]])
+    word = {**cond, "text_tokens": cond["text_tokens"].clone()}
+    word["text_tokens"][:, 1] = torch.tensor([8, 5])  # one word changed in each caption
+    no_drop = {"drop_image": torch.tensor([False, False]), "drop_text": torch.tensor([False, False])}
+    base = _run(model, cond, **no_drop)
+    assert _rows_differ(base, _run(model, word, **no_drop)) == [True, True]  # a word reaches the output
+    padded = {**cond, "text_tokens": cond["text_tokens"].clone()}
+    padded["text_tokens"][0, 3:] = 29  # only row 0's padding
+    torch.testing.assert_close(base, _run(model, padded, **no_drop), rtol=0, atol=1e-5)
+    # dropped caption: neither the attention tokens nor the pooled path (both from the encoder) see it
+    drop = {"drop_image": torch.tensor([False, False]), "drop_text": torch.tensor([True, False])}
+    a, b = _run(model, cond, **drop), _run(model, word, **drop)
+    assert _rows_differ(a, b) == [False, True]
+    with pytest.raises(ValueError, match="token ids"):
+        _run(model, {**cond, "text_tokens": torch.randn(2, 5, 16)}, **no_drop)
+    with pytest.raises(ValueError, match="at most 5"):
+        _run(model, {**cond, "text_tokens": torch.ones(2, 6, dtype=torch.long), "text_mask": None}, **no_drop)
+    # guided sampling with ids, and without any caption (every token masked)
+    noise = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    for text in ({"text_tokens": cond["text_tokens"], "text_mask": cond["text_mask"]}, {}):
+        out = model.sample(noise, image_embed=cond["image_embed"], guidance_scale=3.0, **text)
+        assert out.shape == noise.shape and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(
+    ("over", "message"),
+    [({"caption_layers": 2}, "needs caption_vocab"), ({"caption_layers": -1}, "caption_layers must be between")],
+)
+def test_caption_encoder_config_errors(over, message):
+    from dalle2.models.unet import UNetConfig
+
+    with pytest.raises(ValueError, match=message):
+        UNetConfig(**{**_net("unet"), **over})
+
+
 class _Recorder(torch.nn.Module):
     """Stands in for the (prepared) model in ImageDiffusion.loss: records what it is called with."""
 

@@ -229,6 +229,11 @@ def test_vary_grid(capsys, tiny_unclip, pipe, picture, tmp_path):
     assert grid.size == grid_size(4, 1)
     assert_tiles(grid, [Image.open(picture)], ncols=4)  # the input first
     assert_tiles(grid, pipe.vary(Image.open(picture), 3, seed=4), ncols=4, first=1)
+    # in batches of 2, without a bar: the images of the pipeline called the same way
+    code, _, _ = run(capsys, "vary", picture, "--model", tiny_unclip, "-n", 3, "--seed", 4, "-o", out,
+                     "--cell", CELL, "--batch-size", 2, "--no-progress")  # fmt: skip
+    assert code == 0
+    assert_tiles(Image.open(out), pipe.vary(Image.open(picture), 3, seed=4, batch_size=2), ncols=4, first=1)
 
 
 def test_interpolate_row(capsys, tiny_unclip, pipe, picture, tmp_path):

@@ -7,9 +7,11 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+import dalle2
 from dalle2.config import ConfigError
 from dalle2.models.decoder import ImageDiffusion
 from dalle2.stages.image_cli import register
@@ -125,3 +127,23 @@ def test_cli_registration():
         args = parser.parse_args([stage, "--out", "D", "--preset", "tiny", "--max-steps", "3", "--set", "a.b=1"])
         assert args.stage == stage and args.out == "D" and args.max_steps == 3 and args.overrides == ["a.b=1"]
         assert callable(args.func)
+
+
+def test_decoder_with_its_own_caption_encoder(tmp_path):
+    """decoder.net.caption_layers > 0: the stage sizes the encoder from the pipeline's tokenizer, trains on
+    token ids, and the pipeline feeds the saved decoder ids (GLIDE's text encoder, as unCLIP's decoder)."""
+    out = _copy(tmp_path)
+    net = ["decoder.arch=unet", "decoder.net.channels=[16, 32]", "decoder.net.attention=[false, true]"]
+    report = train_decoder(out=str(out), overrides=[*net, "decoder.net.head_dim=8", "decoder.net.caption_layers=1"],
+                           **TINY)  # fmt: skip
+    assert report["train"]["step"] == 4
+    decoder = ImageDiffusion.from_pretrained(out / "decoder")
+    pipe = dalle2.load(out)
+    assert decoder.reads_token_ids and pipe.decoder.reads_token_ids
+    assert decoder.config.net["caption_vocab"] == pipe.clip.tokenizer.vocab_size
+    assert decoder.config.net["caption_length"] == pipe.clip.tokenizer.max_length
+    ids, _ = pipe.decoder_caption(["a red circle"], torch.zeros(1), torch.zeros(1))
+    assert not ids.is_floating_point()
+    images = pipe(["a red circle", "three green stars"], n=1, seed=0)
+    assert [im.size for im in images] == [(pipe.resolution, pipe.resolution)] * 2
+    assert np.abs(np.asarray(images[0], dtype=float) - np.asarray(images[1], dtype=float)).mean() > 0.5

@@ -101,6 +101,34 @@ def test_vary(pipe, picture):
     assert not same(out[0], pipe.vary(picture, 1, seed=3)[0])
 
 
+class BatchLog:
+    def __init__(self) -> None:
+        self.updates: list[int] = []
+
+    def update(self, k: int) -> None:
+        self.updates.append(k)
+
+
+def test_vary_and_edit_in_batches(pipe, picture):
+    """n images batch_size at a time: the progress object hears of every batch, the first batch is what a
+    run of that size alone gives, and every image is still a distinct sample."""
+    bar = BatchLog()
+    out = pipe.vary(picture, 3, seed=2, batch_size=2, progress=bar)
+    assert bar.updates == [2, 1] and len(out) == 3
+    assert all(same(a, b) for a, b in zip(out[:2], pipe.vary(picture, 2, seed=2), strict=True))
+    assert not same(out[2], out[0]) and not same(out[2], out[1])
+    mask = Image.new("L", (32, 32), 0)
+    mask.paste(255, (8, 8, 24, 20))
+    bar = BatchLog()
+    edits = pipe.edit(picture, mask, "a green triangle", n=3, seed=0, batch_size=2, progress=bar)
+    assert bar.updates == [2, 1] and len(edits) == 3
+    assert all(same(a, b) for a, b in zip(edits[:2], pipe.edit(picture, mask, "a green triangle", n=2), strict=True))
+    kept = np.asarray(mask) < 128
+    assert np.array_equal(arr(edits[2])[kept], arr(picture)[kept]) and not same(edits[2], edits[0])
+    with pytest.raises(PipelineError, match="batch_size"):
+        pipe.vary(picture, 2, batch_size=0)
+
+
 def test_interpolate_and_text_diff_share_the_first_frame(pipe, picture):
     other = pipe("a green triangle", 1, seed=5)[0]
     frames = pipe.interpolate(picture, other, 5, seed=1)

@@ -325,6 +325,18 @@ def cmd_generate(args: argparse.Namespace) -> None:
         _report(what, paths[0], count, pipe, args.seed, seconds)
 
 
+def _bar(args: argparse.Namespace, what: str) -> Any:
+    """A tqdm bar over the ``-n`` images of ``what`` (off with ``--no-progress`` or when not a terminal)."""
+    from tqdm import tqdm
+
+    return tqdm(total=args.n, unit="img", desc=what, disable=None if args.progress else True)
+
+
+def _add_batch_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int_range(1, 4096), default=64, metavar="N", help="images sampled at once")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
 def _open_image(path: str) -> Any:
     from dalle2.unclip_pipeline import open_image
 
@@ -336,7 +348,10 @@ def cmd_vary(args: argparse.Namespace) -> None:
     path = grid_path(args.output, "vary.png")
     pipe = open_pipeline(args.model, "vary")
     start = time.monotonic()
-    images = pipe.vary(image, args.n, args.seed, steps=args.steps, guidance=args.guidance)
+    with _bar(args, "vary") as bar:
+        images = pipe.vary(
+            image, args.n, args.seed, steps=args.steps, guidance=args.guidance, batch_size=args.batch_size, progress=bar
+        )
     seconds = time.monotonic() - start
     tiles = [_as_input_tile(image, pipe.resolution), *images]
     _save(_grid(tiles, args.cell or default_cell(pipe.resolution)), path)
@@ -446,7 +461,11 @@ def cmd_edit(args: argparse.Namespace) -> None:
     path = grid_path(args.output, "edit.png")
     pipe = open_pipeline(args.model, "edit")
     start = time.monotonic()
-    images = pipe.edit(image, mask, args.prompt, args.n, args.seed, steps=args.steps, guidance=args.guidance)
+    with _bar(args, "edit") as bar:
+        images = pipe.edit(
+            image, mask, args.prompt, args.n, args.seed, steps=args.steps, guidance=args.guidance,
+            batch_size=args.batch_size, progress=bar,
+        )  # fmt: skip
     seconds = time.monotonic() - start
     tiles = [_as_input_tile(image, pipe.resolution), _mask_tile(mask, pipe.resolution), *images]
     _save(_grid(tiles, args.cell or default_cell(pipe.resolution)), path)
@@ -547,8 +566,7 @@ def register(commands: Any, add: AddCommand) -> None:
         "less varied; default: off)",
     )
     p.add_argument("--separate", action="store_true", help="one PNG per image instead of a grid")
-    p.add_argument("--batch-size", type=int_range(1, 4096), default=64, metavar="N", help="images sampled at once")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    _add_batch_options(p)
 
     p = command(
         "vary",
@@ -562,6 +580,7 @@ def register(commands: Any, add: AddCommand) -> None:
     _add_model_options(p, "vary.png")
     p.add_argument("-n", type=int_range(1, 1000), default=4, help="number of variations")
     _add_decoder_options(p)
+    _add_batch_options(p)
 
     p = command(
         "interpolate",
@@ -620,3 +639,4 @@ def register(commands: Any, add: AddCommand) -> None:
     _add_model_options(p, "edit.png")
     p.add_argument("-n", type=int_range(1, 1000), default=4, help="number of edits")
     _add_decoder_options(p)
+    _add_batch_options(p)

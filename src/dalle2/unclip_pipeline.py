@@ -138,6 +138,16 @@ class UnclipPipeline:
         emb, hidden, mask = self.clip.encode_prompts(prompts)
         return emb.float(), hidden.float(), mask.bool()
 
+    def decoder_caption(
+        self, prompts: list[str], hidden: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The caption as the decoder reads it: CLIP's token encodings ``hidden``, or token ids for a decoder
+        with its own caption encoder (GLIDE's)."""
+        if self.decoder.reads_token_ids:
+            ids, ids_mask = self.clip.tokenize(prompts)
+            return ids, ids_mask.bool()
+        return hidden, mask
+
     @torch.no_grad()
     def encode_images(self, images: Sequence[Image.Image | str | Path]) -> torch.Tensor:
         """CLIP image embeddings (B, D) of images (resized to the CLIP's input)."""
@@ -245,7 +255,8 @@ class UnclipPipeline:
             start = time.monotonic()
             z_i = self.prior.sample(z_t, hidden, mask, steps=prior_steps, guidance_scale=prior_guidance, generator=g)
             self._tick("prior", start)
-            x = self._decode(z_i, g, (hidden, mask), steps=steps, guidance=guidance, sampler=sampler)
+            caption = self.decoder_caption(chunk, hidden, mask)
+            x = self._decode(z_i, g, caption, steps=steps, guidance=guidance, sampler=sampler)
             images.extend(self.to_pil(self._upsample(x, g) if upsample else x))
             if progress is not None:
                 progress.update(len(chunk))
@@ -271,15 +282,24 @@ class UnclipPipeline:
         guidance: float | None = None,
         eta: float = 1.0,
         resolution: int | None = None,
+        batch_size: int = 64,
+        progress: Any = None,
     ) -> list[Image.Image]:
-        """``n`` variations of ``image``: its z_i decoded with fresh noise (stochastic DDIM)."""
+        """``n`` variations of ``image``: its z_i decoded with fresh noise (stochastic DDIM), ``batch_size``
+        at a time; ``progress``: an object with ``update(k)`` called per finished batch, as in ``__call__``."""
         _check_count("n", n, 1, 1000)
+        _check_count("batch_size", batch_size, 1, 4096)
         self._check_steps(steps, None, guidance)
         upsample = self._upsamples(resolution)
-        z = self.encode_images([image]).repeat(n, 1)
+        z_i = self.encode_images([image])
         g = self._generator(seed)
-        x = self._decode(z, g, steps=steps, guidance=guidance, sampler="ddim", eta=eta)
-        return self.to_pil(self._upsample(x, g) if upsample else x)
+        images: list[Image.Image] = []
+        for k in _batches(n, batch_size):
+            x = self._decode(z_i.repeat(k, 1), g, steps=steps, guidance=guidance, sampler="ddim", eta=eta)
+            images.extend(self.to_pil(self._upsample(x, g) if upsample else x))
+            if progress is not None:
+                progress.update(k)
+        return images
 
     @torch.no_grad()
     def interpolate(
@@ -350,14 +370,18 @@ class UnclipPipeline:
         steps: int | None = None,
         guidance: float | None = None,
         resolution: int | None = None,
+        batch_size: int = 64,
+        progress: Any = None,
     ) -> list[Image.Image]:
-        """Inpaint: regenerate the masked region from ``prompt``; the rest is kept exactly.
+        """Inpaint: regenerate the masked region from ``prompt``; the rest is kept exactly. ``n`` edits,
+        ``batch_size`` at a time (``progress`` as in ``__call__``).
 
         Mask: an image of the same size as ``image``; with an alpha channel, fully transparent pixels
         are edited (the OpenAI convention); without one, white (luminance >= 128) pixels are edited.
         The image is resized to the output resolution first (square images only keep every pixel)."""
         (prompt,) = _check_prompts([prompt])
         _check_count("n", n, 1, 1000)
+        _check_count("batch_size", batch_size, 1, 4096)
         self._check_steps(steps)
         upsample = self._upsamples(resolution)
         img = open_image(image) if not isinstance(image, Image.Image) else image
@@ -374,19 +398,31 @@ class UnclipPipeline:
             raise PipelineError("the mask marks nothing to edit (no transparent / white pixels)")
         base_r = self.base_resolution
         out_r = self.resolution if upsample else base_r
-        known_hi = self.images_to_tensor([img], out_r).repeat(n, 1, 1, 1)
+        known_hi1 = self.images_to_tensor([img], out_r)
         region = torch.from_numpy(edit_region)[None, None]
         keep_hi = 1 - (F.interpolate(region, size=(out_r, out_r), mode="area") > 0.0).float()  # any edited -> edit
         keep_lo = 1 - (F.interpolate(region, size=(base_r, base_r), mode="area") > 0.0).float()
-        known_lo = F.interpolate(known_hi, size=(base_r, base_r), mode="area")
+        known_lo1 = F.interpolate(known_hi1, size=(base_r, base_r), mode="area")
         g = self._generator(seed)
-        z_t, hidden, mask_t = self.encode_text([prompt] * n)
-        z_i = self.prior.sample(z_t, hidden, mask_t, generator=g)
-        x = self._decode(z_i, g, (hidden, mask_t), steps=steps, guidance=guidance, inpaint=(known_lo, keep_lo))
-        if upsample:
-            x = self._upsample(x, g, inpaint=(known_hi, keep_hi.expand_as(known_hi)))
-        x = keep_hi * known_hi + (1 - keep_hi) * x  # kept pixels exactly as given
-        return self.to_pil(x)
+        images: list[Image.Image] = []
+        for k in _batches(n, batch_size):
+            known_hi, known_lo = known_hi1.repeat(k, 1, 1, 1), known_lo1.repeat(k, 1, 1, 1)
+            z_t, hidden, mask_t = self.encode_text([prompt] * k)
+            z_i = self.prior.sample(z_t, hidden, mask_t, generator=g)
+            caption = self.decoder_caption([prompt] * k, hidden, mask_t)
+            x = self._decode(z_i, g, caption, steps=steps, guidance=guidance, inpaint=(known_lo, keep_lo))
+            if upsample:
+                x = self._upsample(x, g, inpaint=(known_hi, keep_hi.expand_as(known_hi)))
+            x = keep_hi * known_hi + (1 - keep_hi) * x  # kept pixels exactly as given
+            images.extend(self.to_pil(x))
+            if progress is not None:
+                progress.update(k)
+        return images
+
+
+def _batches(n: int, batch_size: int) -> list[int]:
+    """Sizes of the batches that make ``n`` items, ``batch_size`` at a time (the last one smaller)."""
+    return [min(batch_size, n - i) for i in range(0, n, batch_size)]
 
 
 def open_image(path: str | Path | Image.Image) -> Image.Image:

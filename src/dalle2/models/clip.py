@@ -470,6 +470,7 @@ class _HFTokenizer:
 
     def __init__(self, backend: Any, max_length: int) -> None:
         self.backend, self.max_length = backend, int(max_length)
+        self.vocab_size = len(backend)
 
     def encode(self, texts: str | list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(texts, str):

@@ -149,6 +149,11 @@ class ImageDiffusion(nn.Module):
     def image_size(self) -> int:
         return int(self.config.net.get("image_size", 32))
 
+    @property
+    def reads_token_ids(self) -> bool:
+        """True when the network encodes the caption itself: ``text_tokens`` are token ids, not encodings."""
+        return bool(self.config.net.get("caption_layers", 0))
+
     def forward(self, x_t: Tensor, t: Tensor, **cond: Tensor) -> Tensor:
         return self.net(x_t, t, **cond)
 
@@ -232,8 +237,8 @@ class ImageDiffusion(nn.Module):
             if image_embed is None:
                 raise ValueError("the decoder needs image_embed")
             cond["image_embed"] = image_embed.to(noise)
-            if text_tokens is not None:
-                cond["text_tokens"] = text_tokens.to(noise)
+            if text_tokens is not None:  # encodings (float) or, for a decoder with its own encoder, token ids
+                cond["text_tokens"] = text_tokens.to(device) if self.reads_token_ids else text_tokens.to(noise)
                 cond["text_mask"] = (
                     text_mask.to(device) if text_mask is not None else torch.ones(text_tokens.shape[:2], device=device)
                 ).bool()
@@ -242,7 +247,10 @@ class ImageDiffusion(nn.Module):
             null = {f"drop_{name}": torch.ones(1, dtype=torch.bool) for name in c.guidance_drops}
             if "text_tokens" not in cond:  # no caption at all: mask every (absent) caption token
                 cfg = self.net.config
-                if getattr(cfg, "context_dim", 0):
+                if self.reads_token_ids:
+                    cond["text_tokens"] = torch.zeros(b, 1, dtype=torch.long, device=device)
+                    cond["text_mask"] = torch.zeros(b, 1, dtype=torch.bool, device=device)
+                elif getattr(cfg, "context_dim", 0):
                     cond["text_tokens"] = torch.zeros(b, 1, cfg.context_dim, device=device)
                     cond["text_mask"] = torch.zeros(b, 1, dtype=torch.bool, device=device)
         else:

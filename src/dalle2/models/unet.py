@@ -13,6 +13,9 @@ Conditioning, as in unCLIP's decoder (Ramesh et al. 2022, section 2.1):
   a per-channel scale and shift after the second group norm of every residual block (adaptive group norm);
 * ``z_i`` also projected into ``num_image_tokens`` extra context tokens, concatenated with the caption's
   token encodings; attention blocks attend over [their own pixels, context tokens] (GLIDE's design);
+* the caption's token encodings come from another model's text tower (the frozen CLIP's, by default) or,
+  with ``caption_layers > 0``, from this network's own small text Transformer over token ids, trained with
+  the diffusion loss, as GLIDE's and unCLIP's decoders do (:class:`CaptionEncoder`);
 * classifier-free guidance: ``drop_image`` zeroes ``z_i`` *before* both projections (so every path it
   enters sees the null condition), ``drop_text`` masks the caption tokens out of attention.
 
@@ -54,6 +57,12 @@ class UNetConfig:
     low_res_channels: int = 0  # upsampler: channels of the low-resolution image concatenated to x_t
     noise_level_embedding: bool = False  # upsampler: embed the low-res augmentation level
     patch_size: int = 1  # >1: pixel-unshuffle the input by this factor first (and pixel-shuffle the output)
+    #: the decoder's own caption encoder (GLIDE's text transformer, which unCLIP's decoder keeps and trains with
+    #: the diffusion loss): > 0 layers read token ids (``text_tokens`` (B, L) integers) instead of another
+    #: model's token encodings; its width is ``context_dim``. 0: ``text_tokens`` are given encodings.
+    caption_layers: int = 0
+    caption_vocab: int = 0  # token ids the caption encoder embeds (the pipeline tokenizer's vocabulary)
+    caption_length: int = 0  # longest caption in tokens (learned positions)
 
     def __post_init__(self) -> None:
         self.channels = [int(c) for c in self.channels]
@@ -70,6 +79,15 @@ class UNetConfig:
             )
         if self.blocks_per_level < 1 or self.head_dim < 8:
             raise ValueError("blocks_per_level must be >= 1 and head_dim >= 8")
+        if self.caption_layers < 0 or self.caption_layers > 24:
+            raise ValueError(f"caption_layers must be between 0 and 24, got {self.caption_layers}")
+        if self.caption_layers and (
+            self.caption_vocab < 1 or self.caption_length < 1 or not self.context_dim or self.context_dim % 8
+        ):
+            raise ValueError(
+                "a caption encoder (caption_layers > 0) needs caption_vocab, caption_length and a context_dim "
+                f"divisible by 8; got {self.caption_vocab}, {self.caption_length}, {self.context_dim}"
+            )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> UNetConfig:
@@ -150,6 +168,32 @@ class AttentionBlock(nn.Module):
         return x + out.transpose(1, 2).reshape(b, c, h, w)
 
 
+class CaptionEncoder(nn.Module):
+    """Token ids (B, L) and mask -> token encodings (B, L, width): embeddings plus learned positions through
+    pre-norm Transformer layers (GLIDE's text encoder, small). Padding is masked out of attention."""
+
+    def __init__(self, vocab: int, length: int, width: int, layers: int, head_dim: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.pos = nn.Parameter(torch.randn(length, width) * 0.01)
+        layer = nn.TransformerEncoderLayer(
+            width, max(1, width // head_dim), 4 * width, dropout=0.0, activation="gelu", batch_first=True,
+            norm_first=True,
+        )  # fmt: skip
+        self.layers = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+        if ids.is_floating_point():
+            raise ValueError("this UNet encodes captions itself: text_tokens must be token ids (B, L), not encodings")
+        length = ids.shape[1]
+        if length > self.pos.shape[0]:
+            raise ValueError(f"captions of {length} tokens; this caption encoder takes at most {self.pos.shape[0]}")
+        padding = ~mask.bool()
+        padding[:, 0] = False  # a fully masked row (no caption) would make attention NaN; masked out later anyway
+        return self.norm(self.layers(self.embed(ids.long()) + self.pos[:length], src_key_padding_mask=padding))
+
+
 class _Level(nn.Module):
     def __init__(self, blocks: list[ResBlock], attns: list[AttentionBlock | None]) -> None:
         super().__init__()
@@ -176,6 +220,11 @@ class UNet(nn.Module):
         ctx = ch[-1]  # width of context tokens
         self.image_proj = nn.Linear(c.embed_dim, emb_dim) if c.embed_dim else None
         self.image_tokens = nn.Linear(c.embed_dim, c.num_image_tokens * ctx) if c.embed_dim else None
+        self.caption = (
+            CaptionEncoder(c.caption_vocab, c.caption_length, c.context_dim, c.caption_layers, c.head_dim)
+            if c.caption_layers
+            else None
+        )
         self.text_proj = nn.Linear(c.context_dim, ctx) if c.context_dim else None
         self.text_pool_proj = nn.Linear(c.context_dim, emb_dim) if (c.context_dim and c.text_pool) else None
         self.context_norm = nn.LayerNorm(ctx) if (c.embed_dim or c.context_dim) else None
@@ -256,6 +305,8 @@ class UNet(nn.Module):
                 if text_mask is not None
                 else torch.ones(text_tokens.shape[:2], dtype=torch.bool, device=text_tokens.device)
             )
+            if self.caption is not None:  # token ids -> this decoder's own encodings
+                text_tokens = self.caption(text_tokens, mask)
             if drop_text is not None:
                 mask = mask & ~drop_text.bool()[:, None]
             if self.text_pool_proj is not None:  # the last real token of each caption (zero when dropped)

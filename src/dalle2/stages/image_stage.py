@@ -176,7 +176,12 @@ def _build(stage: str, model: dict[str, Any], sizes: dict[str, Any]) -> Any:
 
 
 @torch.no_grad()
-def _clip_condition(clip: Any, images: torch.Tensor, captions: list[str]) -> dict[str, torch.Tensor]:
+def _clip_condition(clip: Any, decoder: Any, images: torch.Tensor, captions: list[str]) -> dict[str, torch.Tensor]:
+    """The decoder's conditions: CLIP's z_i, and the caption as CLIP's token encodings or, for a decoder with
+    its own caption encoder, as token ids."""
+    if decoder.reads_token_ids:
+        ids, mask = clip.tokenize(captions)
+        return {"image_embed": clip.encode_image(images), "text_tokens": ids, "text_mask": mask.bool()}
     _, hidden, mask = clip.encode_prompts(captions)
     return {"image_embed": clip.encode_image(images), "text_tokens": hidden.float(), "text_mask": mask.bool()}
 
@@ -185,7 +190,7 @@ def _clip_condition(clip: Any, images: torch.Tensor, captions: list[str]) -> dic
 def evaluate_decoder(decoder: Any, clip: Any, images: torch.Tensor, captions: list[str], seed: int = 0) -> dict:
     """Cosine of CLIP(decoded image) with the z_i it was decoded from, against unrelated pairs."""
     images = images.to(next(decoder.parameters()).device)  # the models may sit on the accelerator
-    cond = _clip_condition(clip, images, captions)
+    cond = _clip_condition(clip, decoder, images, captions)
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(images.shape, generator=g).to(images)
     decoded = decoder.sample(noise, generator=g, **cond)
@@ -217,6 +222,8 @@ def train_decoder(args: argparse.Namespace | dict[str, Any] | None = None, **kwa
     test = open_dataset(config.data.dataset, split="test", resolution=resolution, seed=0, length=keys["eval_samples"])
     width = _text_width(clip)
     sizes = {"net": {"image_size": resolution, "embed_dim": clip.config["embed_dim"], "context_dim": width}}
+    if model_spec.get("net", {}).get("caption_layers"):  # its own caption encoder reads the CLIP tokenizer's ids
+        sizes["net"].update(caption_vocab=clip.tokenizer.vocab_size, caption_length=clip.tokenizer.max_length)
     torch.manual_seed(config.train.seed)
     decoder = _build("decoder", model_spec, sizes)
     log(config.to_yaml() + yaml.safe_dump({"decoder": {**decoder.config.to_dict(), **keys}}, sort_keys=False).rstrip())
@@ -229,12 +236,12 @@ def train_decoder(args: argparse.Namespace | dict[str, Any] | None = None, **kwa
 
     def loss_fn(m: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         images = batch["image"]
-        cond = _clip_condition(clip, images, batch["caption"])
+        cond = _clip_condition(clip, decoder, images, batch["caption"])
         return decoder.loss(m, images, **cond)
 
     def sample_fn(ema: Any, step: int) -> torch.Tensor:
         images = preview_images.to(next(ema.parameters()).device)
-        cond = _clip_condition(clip, images, preview_captions)
+        cond = _clip_condition(clip, ema, images, preview_captions)
         g = torch.Generator().manual_seed(0)
         decoded = ema.sample(torch.randn(images.shape, generator=g).to(images), generator=g, **cond)
         return _pils(torch.cat([images, decoded]))
