@@ -17,8 +17,9 @@ from dalle2.pipeline import BUNDLED, bundled_path
 
 PROMPTS_PER_TASK = 6
 #: measured on this slice (seed 0) when the model was bundled; see README "The bundled models"
-#: 3 of 48 images at the shipped decoder guidance 1 (2026-11-30, two threads); 6 of 48 at guidance 3, which
-#: the quick benchmark (384 images) puts level with guidance 1 (README "Where quality stands")
+#: 3 of 48 images at the shipped decoder guidance 1 (2026-11-30, two threads, the decoder with its own caption
+#: encoder). The previous decoder scored 3 of 48 here at guidance 1 and 6 at guidance 3, which the quick
+#: benchmark (384 images) put level; this slice is too small to rank models (README "Where quality stands")
 MEASURED = {"unclip": 0.0625}
 FLOOR = {"unclip": 0.0417}  # 2 of 48: guards against regressions, not a claim of faithfulness (README)
 MAX_MB = 30.0
