@@ -73,10 +73,10 @@ IMAGE_STAGE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                     "text_pool": True,
                     # the decoder's own 2-layer caption encoder over token ids (GLIDE's, as the paper's decoder):
                     # the frozen CLIP text tower's token states barely tell shapes apart (a linear probe names
-                    # the shape from the shape word's state 0.42 of the time, chance 0.17; benchmarks/
-                    # caption_probe.py). Quick benchmark, same
-                    # recipe and seed, guidance 1: faithfulness 0.094 / 0.099 against 0.073 / 0.052, FD 4.7
-                    # against 3.9, precision 0.73 / recall 0.79 against 0.66 / 0.72
+                    # the shape from the shape word's state 0.42 of the time, chance 0.17;
+                    # benchmarks/caption_probe.py). Quick benchmark, same recipe and seed, guidance 1:
+                    # faithfulness 0.094 / 0.099 against 0.073 / 0.052, FD 4.7 against 3.9, precision 0.73 /
+                    # recall 0.79 against 0.66 / 0.72
                     "caption_layers": 2,
                 },
                 "min_snr_gamma": 5.0,
@@ -187,10 +187,11 @@ def _clip_condition(clip: Any, decoder: Any, images: torch.Tensor, captions: lis
     """The decoder's conditions: CLIP's z_i, and the caption as CLIP's token encodings or, for a decoder with
     its own caption encoder, as token ids."""
     if decoder.reads_token_ids:
-        ids, mask = clip.tokenize(captions)
-        return {"image_embed": clip.encode_image(images), "text_tokens": ids, "text_mask": mask.bool()}
-    _, hidden, mask = clip.encode_prompts(captions)
-    return {"image_embed": clip.encode_image(images), "text_tokens": hidden.float(), "text_mask": mask.bool()}
+        tokens, mask = clip.tokenize(captions)
+    else:
+        _, hidden, mask = clip.encode_prompts(captions)
+        tokens = hidden.float()
+    return {"image_embed": clip.encode_image(images), "text_tokens": tokens, "text_mask": mask.bool()}
 
 
 @torch.no_grad()
