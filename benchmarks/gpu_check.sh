@@ -6,21 +6,24 @@
 set -euo pipefail
 WORK="${1:-$(mktemp -d)}"
 RUN="$WORK/gpu-check"
-python - <<'PY'
+python3 - <<'PY'
 import torch
 assert torch.cuda.is_available(), "no CUDA device visible to torch"
 print("device:", torch.cuda.get_device_name(0), "| torch", torch.__version__, "| bf16:", torch.cuda.is_bf16_supported())
 PY
 start=$(date +%s)
+# images rendered once, in parallel, not per step (dalle2.data.shapes_cache)
+export DALLE2_SHAPES_CACHE="${DALLE2_SHAPES_CACHE:-$WORK/shapes-cache}"
 # the decoder needs a CLIP (and the sampler a prior) in the folder: short runs, it is the decoder we time
-dalle2 train clip --data shapes --preset gpu --out "$RUN" --max-steps 200 --no-progress
-dalle2 train prior --data shapes --preset gpu --out "$RUN" --max-steps 200 --no-progress \
-  --set prior.pool_size=20000
+dalle2 train clip --data shapes --preset gpu --out "$RUN" --max-steps 150 --no-progress \
+  --set clip.eval_samples=200
+dalle2 train prior --data shapes --preset gpu --out "$RUN" --max-steps 150 --no-progress \
+  --set prior.pool_size=5000 --set prior.eval_samples=200
 dalle2 train decoder --data shapes --preset gpu --out "$RUN" --max-steps 300 --no-progress \
-  --set train.checkpoint_every=1000
-dalle2 train upsampler --data shapes --preset gpu --out "$RUN" --max-steps 100 --no-progress \
-  --set train.checkpoint_every=1000
-python - "$RUN" <<'PY'
+  --set train.checkpoint_every=1000 --set decoder.eval_samples=64
+dalle2 train upsampler --data shapes --preset gpu --out "$RUN" --max-steps 60 --no-progress \
+  --set train.checkpoint_every=1000 --set upsampler.eval_samples=16
+python3 - "$RUN" <<'PY'
 import json, sys, time
 from pathlib import Path
 

@@ -59,3 +59,12 @@ def test_saved_config_round_trip(tmp_path):
 
     again = config_from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text()))
     assert again == config
+
+
+def test_yes_no_on_off_stay_strings(tmp_path):
+    # YAML 1.1 would read `no` as False and reject train.mixed_precision=no ("must be str, got False")
+    assert load_config("gpu", overrides=["train.mixed_precision=no"]).train.mixed_precision == "no"
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("train:\n  mixed_precision: no\n")
+    assert load_config("gpu", yaml_file).train.mixed_precision == "no"
+    assert parse_overrides(["a.b=true", "a.c=False", "a.d=off"]) == {"a": {"b": True, "c": False, "d": "off"}}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -19,6 +20,25 @@ import yaml
 
 class ConfigError(ValueError):
     """A preset, YAML file or override is invalid; the message says which and why."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false are booleans, so ``train.mixed_precision=no`` stays the string "no"."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _first in "tTfF":
+    _Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list(_first)
+    )
+
+
+def load_yaml(text: str) -> Any:
+    """Parse config YAML (a file or one ``--set`` value) with YAML 1.2 booleans."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 @dataclass
@@ -144,7 +164,7 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, dict[str, A
         if not sep or not dot or not section or not name:
             raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.batch_size=32")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = load_yaml(raw) if raw.strip() else None
         except yaml.YAMLError as error:
             raise ConfigError(f"override {item!r}: cannot parse value: {error}") from None
         nested.setdefault(section, {})[name] = value
@@ -170,7 +190,7 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = load_yaml(path.read_text()) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML: {error}") from None
         _apply(config, data, str(path))

@@ -20,7 +20,7 @@ def merge_overrides(
     ``section`` (e.g. ``clip``) is the stage's own config section, taken out of the overrides; sections in
     ``ignore`` (another stage's, in a shared YAML) are dropped.
     """
-    from dalle2.config import ConfigError, parse_overrides
+    from dalle2.config import ConfigError, load_yaml, parse_overrides
 
     overrides: dict[str, Any] = {"train": dict(train_defaults)}
     if config_path is not None:
@@ -28,7 +28,7 @@ def merge_overrides(
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = load_yaml(path.read_text()) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML: {error}") from None
         if not isinstance(loaded, dict):
