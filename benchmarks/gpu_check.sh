@@ -12,8 +12,6 @@ assert torch.cuda.is_available(), "no CUDA device visible to torch"
 print("device:", torch.cuda.get_device_name(0), "| torch", torch.__version__, "| bf16:", torch.cuda.is_bf16_supported())
 PY
 start=$(date +%s)
-# images rendered once, in parallel, not per step (dalle2.data.shapes_cache)
-export DALLE2_SHAPES_CACHE="${DALLE2_SHAPES_CACHE:-$WORK/shapes-cache}"
 # the decoder needs a CLIP (and the sampler a prior) in the folder: short runs, it is the decoder we time
 dalle2 train clip --data shapes --preset gpu --out "$RUN" --max-steps 150 --no-progress \
   --set clip.eval_samples=200

@@ -9,12 +9,15 @@ that matches the CPU torch 2.13 (the PyPI one fails with "operator torchvision::
 that venv gets a stand-in ``torchvision`` package that raises on any use; DALLE2-pytorch's
 ``Decoder`` / ``Unet`` never call it (only its VQGAN loss and image-saving helpers do).
 
-Both decoders get the same job: 32x32 RGB, batch 32, a 128-d image embedding and 16 caption token
-encodings of width 128, the paper's dropout of both, L2 loss, Adam at lr 1e-4. Ours is the `cpu` preset's
-UNet (v prediction, channels-last); DALLE2-pytorch's ``Unet`` gets the ``dim`` that brings its parameter
-count closest to ours (``dim_mults`` (1, 2, 4), one resnet block per level, conditioned on image embeddings
-and text encodings, learned variance off). Each round runs ``--steps`` timed steps of ours, then of theirs,
-each in a fresh process (after 3 warm-up steps); samples/s are reported per round and as the median.
+Both decoders get the same job: 32x32 RGB, batch 32, a 128-d image embedding and a 16-token caption,
+the paper's dropout of both, L2 loss, Adam at lr 1e-4. DALLE2-pytorch's ``Unet`` reads the caption as
+token encodings of width 128 (from a text encoder outside it); ours, as the `cpu` preset has it, reads
+token ids through its own 2-layer caption encoder, trained with it, whose cost is counted in ours. Ours is
+the `cpu` preset's decoder (v prediction, Min-SNR weighting, channels-last); DALLE2-pytorch's ``Unet``
+gets the ``dim`` that brings its parameter count closest to ours (``dim_mults`` (1, 2, 4), one resnet block
+per level, conditioned on image embeddings and text encodings, learned variance off). Each round runs
+``--steps`` timed steps of ours, then of theirs, each in a fresh process (after 3 warm-up steps); samples/s
+are reported per round and as the median.
 
 Ours also gets its FLOP count per training step (``torch.utils.flop_counter``) and so its achieved FLOP/s,
 against this CPU's measured matmul peak in bf16 and in fp32 (a 1024x1024 matmul, best of 5).
@@ -47,6 +50,7 @@ def __getattr__(name):
     return unavailable
 '''
 BATCH, SIZE, EMBED, TOKENS, WIDTH, LR = 32, 32, 128, 16, 128, 1e-4
+VOCAB = 421  # the bundled tokenizer's; our decoder reads token ids through its own caption encoder
 
 
 def ensure_venv() -> Path:
@@ -75,7 +79,8 @@ def _batch(generator):
     images = torch.rand(BATCH, 3, SIZE, SIZE, generator=generator) * 2 - 1
     embeds = torch.nn.functional.normalize(torch.randn(BATCH, EMBED, generator=generator), dim=-1)
     tokens = torch.randn(BATCH, TOKENS, WIDTH, generator=generator)
-    return images, embeds, tokens
+    ids = torch.randint(1, VOCAB, (BATCH, TOKENS), generator=generator)
+    return images, embeds, tokens, ids
 
 
 def ours_model():
@@ -84,6 +89,8 @@ def ours_model():
 
     spec = IMAGE_STAGE_PRESETS["decoder"]["cpu"]["model"]
     net = {**spec["net"], "image_size": SIZE, "embed_dim": EMBED, "context_dim": WIDTH}
+    if net.get("caption_layers"):
+        net.update(caption_vocab=VOCAB, caption_length=TOKENS)
     return ImageDiffusion(DiffusionConfig(**{**spec, "net": net, "role": "decoder"}))
 
 
@@ -118,14 +125,15 @@ def worker(which: str, steps: int, threads: int, target: int) -> dict:
     if which == "ours":
         model = ours_model()
 
-        def loss_fn(images, embeds, tokens):
+        def loss_fn(images, embeds, tokens, ids):
+            caption = ids if model.reads_token_ids else tokens  # its own caption encoder reads ids
             mask = torch.ones(tokens.shape[:2], dtype=torch.bool)
-            return model.loss(model, images, image_embed=embeds, text_tokens=tokens, text_mask=mask)
+            return model.loss(model, images, image_embed=embeds, text_tokens=caption, text_mask=mask)
     else:
         model, dim = theirs_model(target)
         extra["unet_dim"] = dim
 
-        def loss_fn(images, embeds, tokens):
+        def loss_fn(images, embeds, tokens, ids):
             return model(images, image_embed=embeds, text_encodings=tokens)
 
     model.train()

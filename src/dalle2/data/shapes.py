@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import re
 import zlib
 from collections.abc import Collection, Mapping, Sequence
@@ -837,16 +836,12 @@ class ShapesDataset(Dataset):
     ``split``: ``train``, ``test`` (same distribution, different samples) or ``heldout`` (every
     image has a held-out colour/shape pair). ``length`` defaults to 50 000 (train) or 5 000.
     Items are ``{"image": (3, R, R) float32 in [-1, 1], "caption": str, "meta": dict}`` where
-    ``meta`` is :func:`scene_meta` plus the ``caption``. With ``cache`` (the default) and
-    ``$DALLE2_SHAPES_CACHE`` naming a folder, images come from a one-off render of the whole split
-    (:mod:`dalle2.data.shapes_cache`), identical to rendering each on demand.
+    ``meta`` is :func:`scene_meta` plus the ``caption``.
     """
 
     name = "shapes"
 
-    def __init__(
-        self, split: str = "train", resolution: int = 32, seed: int = 0, length: int | None = None, cache: bool = True
-    ):
+    def __init__(self, split: str = "train", resolution: int = 32, seed: int = 0, length: int | None = None):
         _check_split(split)
         if resolution < 1:
             raise DatasetError(f"resolution must be positive, got {resolution}")
@@ -856,13 +851,6 @@ class ShapesDataset(Dataset):
         self.resolution = int(resolution)
         self.seed = int(seed)
         self.length = _DEFAULT_LENGTH[split] if length is None else int(length)
-        # renders read from the opt-in cache (dalle2.data.shapes_cache) when $DALLE2_SHAPES_CACHE names a folder
-        self._renders: np.ndarray | None = None
-        folder = os.environ.get("DALLE2_SHAPES_CACHE") if cache else None
-        if folder and self.length:
-            from dalle2.data.shapes_cache import cached_renders
-
-            self._renders = cached_renders(self, folder)
 
     def __len__(self) -> int:
         return self.length
@@ -886,11 +874,7 @@ class ShapesDataset(Dataset):
         scene, caption = self.scene(index)
         meta = scene_meta(scene, self.resolution)
         meta["caption"] = caption
-        if self._renders is not None:
-            image = Image.fromarray(np.asarray(self._renders[index % self.length]))
-        else:
-            image = render(scene, self.resolution)
-        return {"image": pil_to_tensor(image), "caption": caption, "meta": meta}
+        return {"image": pil_to_tensor(render(scene, self.resolution)), "caption": caption, "meta": meta}
 
     def __repr__(self) -> str:
         return (
