@@ -184,6 +184,30 @@ def test_own_caption_encoder_reads_token_ids_and_drops_on_every_path():
         assert out.shape == noise.shape and torch.isfinite(out).all()
 
 
+def test_caption_inputs_are_ids_for_an_own_encoder_and_clip_states_otherwise():
+    class FakeClip:  # records which of its two caption paths the decoder asked for
+        def __init__(self):
+            self.calls = []
+
+        def tokenize(self, captions):
+            self.calls.append("tokenize")
+            return torch.tensor([[1, 5, 2]] * len(captions)), torch.tensor([[1, 1, 1]] * len(captions))
+
+        def encode_prompts(self, captions):
+            self.calls.append("encode_prompts")
+            n = len(captions)
+            return torch.zeros(n, 4), torch.ones(n, 3, 16, dtype=torch.float64), torch.ones(n, 3, dtype=torch.long)
+
+    clip = FakeClip()
+    ids, mask = _caption_decoder().caption_inputs(clip, ["a", "b"], torch.zeros(2, 3, 16), torch.ones(2, 3))
+    assert clip.calls == ["tokenize"] and ids.dtype == torch.long and ids.shape == (2, 3) and mask.dtype == torch.bool
+    states, mask = _decoder("unet").caption_inputs(clip, ["a", "b"])  # no states given: CLIP encodes them
+    assert clip.calls[-1] == "encode_prompts" and states.dtype == torch.float32 and mask.dtype == torch.bool
+    given = torch.full((2, 3, 16), 0.5)
+    states, _ = _decoder("unet").caption_inputs(clip, ["a", "b"], given, torch.ones(2, 3))
+    assert len(clip.calls) == 2 and torch.equal(states, given)  # the caller's states are used as they are
+
+
 @pytest.mark.parametrize(
     ("over", "message"),
     [({"caption_layers": 2}, "needs caption_vocab"), ({"caption_layers": -1}, "caption_layers must be between")],

@@ -143,10 +143,7 @@ class UnclipPipeline:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The caption as the decoder reads it: CLIP's token encodings ``hidden``, or token ids for a decoder
         with its own caption encoder (GLIDE's)."""
-        if self.decoder.reads_token_ids:
-            ids, ids_mask = self.clip.tokenize(prompts)
-            return ids, ids_mask.bool()
-        return hidden, mask
+        return self.decoder.caption_inputs(self.clip, prompts, hidden, mask)
 
     @torch.no_grad()
     def encode_images(self, images: Sequence[Image.Image | str | Path]) -> torch.Tensor:

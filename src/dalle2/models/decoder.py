@@ -154,6 +154,19 @@ class ImageDiffusion(nn.Module):
         """True when the network encodes the caption itself: ``text_tokens`` are token ids, not encodings."""
         return bool(self.config.net.get("caption_layers", 0))
 
+    def caption_inputs(
+        self, clip: Any, captions: list[str], hidden: Tensor | None = None, mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``(text_tokens, text_mask)`` for ``captions``: token ids from ``clip``'s tokenizer when the network
+        encodes the caption itself (GLIDE's text encoder, as the paper's decoder), else CLIP's token encodings
+        (``hidden`` / ``mask`` when the caller already has them, e.g. from encoding the prompt for the prior)."""
+        if self.reads_token_ids:
+            ids, ids_mask = clip.tokenize(captions)
+            return ids, ids_mask.bool()
+        if hidden is None or mask is None:
+            _, hidden, mask = clip.encode_prompts(captions)
+        return hidden.float(), mask.bool()
+
     def forward(self, x_t: Tensor, t: Tensor, **cond: Tensor) -> Tensor:
         return self.net(x_t, t, **cond)
 

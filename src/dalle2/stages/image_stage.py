@@ -186,12 +186,8 @@ def _build(stage: str, model: dict[str, Any], sizes: dict[str, Any]) -> Any:
 def _clip_condition(clip: Any, decoder: Any, images: torch.Tensor, captions: list[str]) -> dict[str, torch.Tensor]:
     """The decoder's conditions: CLIP's z_i, and the caption as CLIP's token encodings or, for a decoder with
     its own caption encoder, as token ids."""
-    if decoder.reads_token_ids:
-        tokens, mask = clip.tokenize(captions)
-    else:
-        _, hidden, mask = clip.encode_prompts(captions)
-        tokens = hidden.float()
-    return {"image_embed": clip.encode_image(images), "text_tokens": tokens, "text_mask": mask.bool()}
+    tokens, mask = decoder.caption_inputs(clip, captions)
+    return {"image_embed": clip.encode_image(images), "text_tokens": tokens, "text_mask": mask}
 
 
 @torch.no_grad()
