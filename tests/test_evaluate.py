@@ -111,6 +111,40 @@ def test_eval_model_dir_samples_scores_and_reports_speed(capsys, tmp_path, monke
     assert "images/s" in stdout
 
 
+def test_eval_progress_bar_counts_images_and_no_progress_turns_it_off(capsys, tmp_path, monkeypatch):
+    from dalle2.eval import evaluate as E
+
+    monkeypatch.setitem(pipeline.LOADERS, "test-oracle", lambda path, index: OraclePipeline())
+    model = tmp_path / "model"
+    model.mkdir()
+    index = {"format": "dalle2", "format_version": 1, "kind": "test-oracle"}
+    (model / "model_index.json").write_text(json.dumps(index))
+    bars = []
+
+    class Bar:  # records what the eval asks of tqdm
+        def __init__(self, **kwargs):
+            self.kwargs, self.n = kwargs, 0
+            bars.append(self)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, k):
+            self.n += k
+
+    monkeypatch.setattr(E, "tqdm", Bar)
+    for extra in ([], ["--no-progress"]):
+        code, _, stderr = run(capsys, "eval", model, "--data", "shapes", "--quick", "--out", tmp_path / "e", *extra)
+        assert code == 0, stderr
+    images = json.loads((tmp_path / "e" / "eval.json").read_text())["sampling"]["images"]
+    assert [b.kwargs["unit"] for b in bars] == ["img", "img"]
+    assert [(b.kwargs["total"], b.n) for b in bars] == [(images, images)] * 2
+    assert [b.kwargs["disable"] for b in bars] == [None, True]  # None: on when stderr is a terminal
+
+
 def test_class_dataset_accuracy_on_real_images(capsys, tmp_path):
     if not Path("/usr/share/datasets/fashion-mnist").is_dir():
         pytest.skip("Fashion-MNIST not installed (apt install dataset-fashion-mnist)")

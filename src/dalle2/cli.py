@@ -134,6 +134,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
             batch_size=args.batch_size,
             features=args.features,
             clip=args.clip,
+            progress=args.progress,
             sample_kwargs={
                 k: v
                 for k, v in (
@@ -292,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=("ddpm", "ddim", "dpmpp_2m"), help="unCLIP: decoder sampler")
     p.add_argument("--guidance", type=float, help="unCLIP: decoder guidance scale")
     p.add_argument("--truncation", type=truncation_value, metavar="T", help="GAN: truncation threshold (default: off)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
     p = add(commands, "eval-prompts", "write the benchmark prompts (and real images for them)", cmd_eval_prompts)
     p.add_argument("--data", default="shapes", help="benchmark: shapes, fashion-mnist, mnist, folder:PATH")

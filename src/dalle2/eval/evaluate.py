@@ -379,10 +379,11 @@ def evaluate_model(
     clip: str | None = None,
     sample_kwargs: dict[str, Any] | None = None,
     pipeline: Any = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Sample a saved pipeline on the benchmark prompts and score it. ``sample_kwargs`` (``steps``,
     ``sampler``, ``guidance`` for unCLIP; ``truncation`` for a GAN; :data:`SAMPLE_OPTIONS`) go to every
-    pipeline call; ``pipeline`` reuses an opened one."""
+    pipeline call; ``pipeline`` reuses an opened one; ``progress``: a bar over the images (when on a terminal)."""
     from dalle2.pipeline import load
 
     pipe = pipeline if pipeline is not None else load(model_dir)
@@ -397,8 +398,10 @@ def evaluate_model(
     prompts = [r["prompt"] for r in records]
     images: list[Image.Image] = []
     start = time.perf_counter()
-    for i in tqdm(range(0, len(prompts), batch_size), desc="sample", unit="batch"):
-        images += pipe(prompts[i : i + batch_size], n=1, seed=seed + i, **sample_kwargs)
+    with tqdm(total=len(prompts), desc="sample", unit="img", disable=None if progress else True) as bar:
+        for i in range(0, len(prompts), batch_size):
+            images += pipe(prompts[i : i + batch_size], n=1, seed=seed + i, **sample_kwargs)
+            bar.update(len(prompts[i : i + batch_size]))
     seconds = time.perf_counter() - start
     sampling = {
         "images": len(images),

@@ -153,7 +153,7 @@ def _format_headline(h: dict[str, Any]) -> str:
 # -- eval ----------------------------------------------------------------------------------------------
 
 
-def run_eval(out: Path, data: str, log: Callable[[str], None]) -> dict[str, Any] | None:
+def run_eval(out: Path, data: str, log: Callable[[str], None], progress: bool = True) -> dict[str, Any] | None:
     """``dalle2 eval OUT --data DATA --quick --out OUT/eval``; None (with a message) when the dataset has no
     evaluator networks."""
     from dalle2.eval import evaluate as E
@@ -165,7 +165,7 @@ def run_eval(out: Path, data: str, log: Callable[[str], None]) -> dict[str, Any]
         log(f"eval: skipped ({error})")
         return None
     log(f"eval: dalle2 eval {out} --data {data} --quick --out {out / 'eval'}")
-    report = E.evaluate_model(out, data, out / "eval", quick=True)
+    report = E.evaluate_model(out, data, out / "eval", quick=True, progress=progress)
     log(E.markdown(report))
     return report
 
@@ -328,7 +328,7 @@ def train_all(args: argparse.Namespace | dict[str, Any] | None = None, **kwargs:
     else:
         log("== eval")
         eval_start = time.monotonic()
-        report = run_eval(out, dataset, log)
+        report = run_eval(out, dataset, log, progress=bool(opts.get("progress", True)))
         if report is None:
             h = {"metric": f"no evaluator networks for {dataset!r}"}
             record({"stage": "eval", "status": "skipped", "wall_seconds": 0.0, "headline": h})
