@@ -1,6 +1,7 @@
 """End-to-end runs of the foundation commands, asserting real outputs."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,25 @@ def test_help_lists_every_command(capsys):
         [sys.executable, "-m", "dalle2", "data", "--help"], capture_output=True, text=True, check=True
     )
     assert "preview" in result.stdout and "stats" in result.stdout
+
+
+COMMANDS = [
+    ["data", "preview"], ["data", "stats"], ["train", "tokenizer"], ["train", "clip"], ["train", "prior"],
+    ["train", "decoder"], ["train", "upsampler"], ["train", "all"], ["train", "gan"], ["train", "evaluators"],
+    ["generate"], ["vary"], ["interpolate"], ["text-diff"], ["edit"], ["serve"], ["eval"], ["eval-prompts"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_help_shows_only_informative_defaults(capsys, command):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "usage: dalle2 " + " ".join(command) in text
+    for noise in ("(default: None)", "(default: True)", "(default: False)", "(default: [])"):
+        assert noise not in text, (command, noise)
+    assert not re.search(r"\(default: [^)]*\) \(default:", text)  # a help naming its default gets no second one
 
 
 @pytest.fixture

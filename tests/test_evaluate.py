@@ -255,3 +255,33 @@ def test_folder_dataset_with_chosen_evaluators(capsys, tmp_path):
     assert report["fidelity"]["fd"] > 10 * report["fidelity"]["fd_floor"]
     assert report["clip_score"]["real"] > report["clip_score"]["generated"] + 20
     assert "faithfulness" not in report and "class_accuracy" not in report
+
+
+class _TableFeatures:
+    """A stand-in FeatureNet: each image's features are a fixed row chosen by its top-left pixel's red value."""
+
+    name = "table"
+
+    def __init__(self, rows: np.ndarray):
+        self.rows = rows
+
+    def run(self, images, batch_size=256):
+        return np.stack([self.rows[im.getpixel((0, 0))[0]] for im in images]), None
+
+
+def test_kid_spread_is_reported_only_when_subsets_differ():
+    rows = np.random.default_rng(0).normal(size=(256, 8))
+    images = [Image.new("RGB", (4, 4), (i, 0, 0)) for i in range(256)]
+    net = _TableFeatures(rows)
+    # 40 generated vs 40 real: every KID subset would be the whole of both sets, so there is no spread.
+    whole = E._fidelity(net, images[:40], images[40:80], images[80:120])
+    assert whole["kid_subset_size"] == 40 and whole["kid_std"] is None
+    # 60 generated vs 40 real: subsets of 40 drawn from 60 differ, so the spread is real and positive.
+    drawn = E._fidelity(net, images[120:180], images[40:80], images[80:120])
+    assert drawn["kid_subset_size"] == 40 and drawn["kid_std"] > 0
+
+    def table(fidelity):
+        report = {"dataset": "shapes", "resolution": 4, "sampling": {}, "fidelity": fidelity, "clip_score": {}}
+        return E.markdown(report).split("|---|---|---|---|---|---|\n")[1].splitlines()[0]
+
+    assert "±" not in table(whole) and f"± {drawn['kid_std']:.2g}" in table(drawn)

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from dalle2 import __version__
-from dalle2.cli_options import add_config_options, positive_int
+from dalle2.cli_options import HelpFormatter, add_config_options, positive_int
 
 EXIT_USAGE = 2
 
@@ -181,9 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     def add(group, name: str, help_: str, func: Callable[[argparse.Namespace], None]) -> argparse.ArgumentParser:
-        sub = group.add_parser(
-            name, help=help_, description=help_, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-        )
+        sub = group.add_parser(name, help=help_, description=help_, formatter_class=HelpFormatter)
         sub.set_defaults(func=func)
         return sub
 

@@ -6,6 +6,20 @@ import argparse
 from collections.abc import Callable
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the description's line breaks; shows a default only where it says something.
+
+    Not for flags (``--quick``, ``--no-progress``), unset values (``None``: "the model's"), empty lists, or an
+    option whose help already names its default.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_ = action.help or ""
+        if action.nargs == 0 or action.default in (None, []) or "default" in help_:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def int_range(low: int, high: int | None = None) -> Callable[[str], int]:
     """An argparse ``type``: a whole number from ``low`` to ``high`` (no upper bound when ``high`` is None)."""
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dalle2.cli_options import int_range
+from dalle2.cli_options import HelpFormatter, int_range
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")  # = dalle2.diffusion.SAMPLERS (not imported: it pulls in torch)
 MAX_STEPS = 1000  # sampling steps, as UnclipPipeline accepts
@@ -81,15 +81,6 @@ def truncation_value(text: str) -> float:
 
 sampling_steps = int_range(1, MAX_STEPS)
 seed_value = int_range(0, MAX_SEED)
-
-
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps the description's line breaks; shows defaults, except ``None`` (those say "the model's")."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.nargs == 0:  # unset, or a flag
-            return action.help
-        return super()._get_help_string(action)
 
 
 # ------------------------------------------------------------------------------------- model and files
@@ -537,7 +528,7 @@ def register(commands: Any, add: AddCommand) -> None:
 
     def command(name: str, short: str, long: str, func: Callable[[argparse.Namespace], None], epilog: str = ""):
         p = add(commands, name, short, func)
-        p.description, p.epilog, p.formatter_class = long, epilog or None, _HelpFormatter
+        p.description, p.epilog, p.formatter_class = long, epilog or None, HelpFormatter
         return p
 
     p = command("generate", "make images from text prompts", GENERATE_HELP, cmd_generate, GENERATE_EXAMPLES)

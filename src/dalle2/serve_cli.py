@@ -101,10 +101,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def register(commands: Any, add: Any) -> None:
     """Add ``serve`` to the ``dalle2`` sub-commands."""
-    from dalle2.generate_cli import _HelpFormatter
+    from dalle2.cli_options import HelpFormatter
 
     p = add(commands, "serve", "serve models through the OpenAI Images API, with a web page", cmd_serve)
-    p.description, p.epilog, p.formatter_class = SERVE_HELP, SERVE_EXAMPLES, _HelpFormatter
+    p.description, p.epilog, p.formatter_class = SERVE_HELP, SERVE_EXAMPLES, HelpFormatter
     p.add_argument("models", nargs="*", metavar="MODEL_DIR", help="pipeline folders (the first is the default)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int_range(0), default=8000, metavar="PORT", help="port to listen on")

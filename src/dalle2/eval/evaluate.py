@@ -182,8 +182,10 @@ def _fidelity(
     flo, _ = feature_net.run(floor)
     n = len(gen)
     m = min(1000, n, len(ref))
-    kid_mean, kid_std = metrics.kid(ref, gen, num_subsets=100, subset_size=m, seed=0)
-    kid_floor, _ = metrics.kid(ref, flo, num_subsets=100, subset_size=m, seed=0)
+    # With subsets as large as both sets every subset is the whole of both: one MMD, no spread to report.
+    subsets = 1 if m == n == len(ref) else 100
+    kid_mean, kid_std = metrics.kid(ref, gen, num_subsets=subsets, subset_size=m, seed=0)
+    kid_floor, _ = metrics.kid(ref, flo, num_subsets=subsets, subset_size=m, seed=0)
     precision, recall = metrics.precision_recall(ref, gen, k=3)
     return {
         "feature_space": f"FD_{feature_net.name}",
@@ -192,7 +194,7 @@ def _fidelity(
         "fd": metrics.fd(ref, gen),
         "fd_floor": metrics.fd(ref, flo),
         "kid": kid_mean,
-        "kid_std": kid_std,
+        "kid_std": kid_std if subsets > 1 else None,
         "kid_floor": kid_floor,
         "kid_subset_size": m,
         "precision": precision,
@@ -319,12 +321,14 @@ def markdown(report: dict[str, Any]) -> str:
             "",
         ]
     d = report["fidelity"]
+    # Older reports, and those whose one KID subset is the whole of both sets, have no spread.
+    kid_spread = f" ± {d['kid_std']:.2g}" if d.get("kid_std") is not None else ""
     lines += [
         f"Fidelity in {d['feature_space']} (N = {d['n_generated']} generated vs {d['n_reference']} real):",
         "",
         "| FD | FD real-vs-real floor | KID | KID floor | precision | recall |",
         "|---|---|---|---|---|---|",
-        f"| {d['fd']:.4g} | {d['fd_floor']:.4g} | {d['kid']:.3g} ± {d['kid_std']:.2g} | {d['kid_floor']:.3g} "
+        f"| {d['fd']:.4g} | {d['fd_floor']:.4g} | {d['kid']:.3g}{kid_spread} | {d['kid_floor']:.3g} "
         f"| {d['precision']:.3f} | {d['recall']:.3f} |",
         "",
     ]
