@@ -143,12 +143,13 @@ def test_without_drop_every_condition_matters(arch):
     torch.testing.assert_close(_run(model, cond, **both), _run(model, other, **both), rtol=0, atol=1e-6)
 
 
-def _caption_decoder() -> ImageDiffusion:
-    """A UNet decoder with its own caption encoder (GLIDE's): ``text_tokens`` are token ids."""
+def _caption_decoder(arch: str = "unet") -> ImageDiffusion:
+    """A decoder with its own caption encoder (GLIDE's): ``text_tokens`` are token ids."""
     torch.manual_seed(0)
-    net = {**_net("unet"), "text_pool": True, "context_dim": 16, "caption_layers": 1, "caption_vocab": 30,
-           "caption_length": 5}  # fmt: skip
-    model = ImageDiffusion(DiffusionConfig(arch="unet", net=net, sample_steps=3)).eval()
+    net = {**_net(arch), "context_dim": 16, "caption_layers": 1, "caption_vocab": 30, "caption_length": 5}
+    if arch == "unet":
+        net["text_pool"] = True
+    model = ImageDiffusion(DiffusionConfig(arch=arch, net=net, sample_steps=3)).eval()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():
@@ -156,9 +157,10 @@ def _caption_decoder() -> ImageDiffusion:
     return model
 
 
-def test_own_caption_encoder_reads_token_ids_and_drops_on_every_path():
-    model = _caption_decoder()
-    assert model.reads_token_ids and not _decoder("unet").reads_token_ids
+@pytest.mark.parametrize("arch", ["unet", "transformer"])
+def test_own_caption_encoder_reads_token_ids_and_drops_on_every_path(arch):
+    model = _caption_decoder(arch)
+    assert model.reads_token_ids and not _decoder(arch).reads_token_ids
     cond = _cond(2)
     cond["text_tokens"] = torch.tensor([[1, 7, 3, 0, 0], [1, 4, 9, 9, 2]])
     word = {**cond, "text_tokens": cond["text_tokens"].clone()}
@@ -212,11 +214,10 @@ def test_caption_inputs_are_ids_for_an_own_encoder_and_clip_states_otherwise():
     ("over", "message"),
     [({"caption_layers": 2}, "needs caption_vocab"), ({"caption_layers": -1}, "caption_layers must be between")],
 )
-def test_caption_encoder_config_errors(over, message):
-    from dalle2.models.unet import UNetConfig
-
+@pytest.mark.parametrize("arch", ["unet", "transformer"])
+def test_caption_encoder_config_errors(arch, over, message):
     with pytest.raises(ValueError, match=message):
-        UNetConfig(**{**_net("unet"), **over})
+        DiffusionConfig(arch=arch, net={**_net(arch), **over})
 
 
 class _Recorder(torch.nn.Module):

@@ -129,13 +129,14 @@ def test_cli_registration():
         assert callable(args.func)
 
 
-def test_decoder_with_its_own_caption_encoder(tmp_path):
+@pytest.mark.parametrize("arch", ["unet", "transformer"])
+def test_decoder_with_its_own_caption_encoder(tmp_path, arch):
     """decoder.net.caption_layers > 0: the stage sizes the encoder from the pipeline's tokenizer, trains on
     token ids, and the pipeline feeds the saved decoder ids (GLIDE's text encoder, as unCLIP's decoder)."""
     out = _copy(tmp_path)
-    net = ["decoder.arch=unet", "decoder.net.channels=[16, 32]", "decoder.net.attention=[false, true]"]
-    report = train_decoder(out=str(out), overrides=[*net, "decoder.net.head_dim=8", "decoder.net.caption_layers=1"],
-                           **TINY)  # fmt: skip
+    net = ["decoder.arch=unet", "decoder.net.channels=[16, 32]", "decoder.net.attention=[false, true]",
+           "decoder.net.head_dim=8"] if arch == "unet" else []  # fmt: skip
+    report = train_decoder(out=str(out), overrides=[*net, "decoder.net.caption_layers=1"], **TINY)
     assert report["train"]["step"] == 4
     decoder = ImageDiffusion.from_pretrained(out / "decoder")
     pipe = dalle2.load(out)
@@ -147,3 +148,17 @@ def test_decoder_with_its_own_caption_encoder(tmp_path):
     images = pipe(["a red circle", "three green stars"], n=1, seed=0)
     assert [im.size for im in images] == [(pipe.resolution, pipe.resolution)] * 2
     assert np.abs(np.asarray(images[0], dtype=float) - np.asarray(images[1], dtype=float)).mean() > 0.5
+
+
+def test_every_preset_decoder_config_is_valid_and_gpu_encodes_its_own_captions():
+    from dalle2.models.decoder import DiffusionConfig
+    from dalle2.stages.image_stage import _resolve
+
+    sizes = {"image_size": 64, "embed_dim": 512, "context_dim": 512, "caption_vocab": 8000, "caption_length": 64}
+    for preset in ("tiny", "cpu", "gpu"):
+        _, spec, _ = _resolve("decoder", {"preset": preset})
+        net = {**spec["net"], **sizes}  # what the stage adds from the CLIP and its tokenizer
+        if not spec["net"].get("caption_layers"):
+            net = {k: v for k, v in net.items() if not k.startswith("caption_")}
+        config = DiffusionConfig(**{**spec, "net": net})
+        assert bool(config.net_config().caption_layers) == (preset != "tiny"), preset

@@ -11,6 +11,9 @@ The conditioning is the paper's, as in :mod:`dalle2.models.unet`:
 * ``z_i`` also projected into ``num_image_tokens`` extra tokens, and the caption's token encodings
   projected to the model width; these context tokens join the patch tokens in one sequence (U-ViT's
   "everything is a token"), the caption's padding masked out of every attention;
+* the caption's token encodings come from another model's text tower (the frozen CLIP's) or, with
+  ``caption_layers > 0``, from this network's own small text Transformer over token ids, trained with the
+  diffusion loss (GLIDE's, as the paper's decoder; the UNet's :class:`~dalle2.models.unet.CaptionEncoder`);
 * ``drop_image`` zeroes ``z_i`` before both projections; ``drop_text`` masks all caption tokens.
 
 Patches are unpatchified by a linear layer, then a 3x3 convolution smooths patch seams (U-ViT).
@@ -25,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dalle2.models.unet import timestep_embedding
+from dalle2.models.unet import CaptionEncoder, timestep_embedding
 
 __all__ = ["DiffusionTransformer", "TransformerConfig"]
 
@@ -43,6 +46,9 @@ class TransformerConfig:
     embed_dim: int = 0  # CLIP image embedding size (0 = none)
     context_dim: int = 0  # caption token width (0 = none)
     num_image_tokens: int = 4
+    caption_layers: int = 0  # > 0: encode token ids with an own caption Transformer of this depth
+    caption_vocab: int = 0  # token ids the caption encoder embeds (the pipeline tokenizer's vocabulary)
+    caption_length: int = 0  # the longest caption in tokens
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
@@ -51,6 +57,15 @@ class TransformerConfig:
             raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
         if self.depth < 1:
             raise ValueError("depth must be >= 1")
+        if self.caption_layers < 0 or self.caption_layers > 24:
+            raise ValueError(f"caption_layers must be between 0 and 24, got {self.caption_layers}")
+        if self.caption_layers and (
+            self.caption_vocab < 1 or self.caption_length < 1 or not self.context_dim or self.context_dim % 8
+        ):
+            raise ValueError(
+                "a caption encoder (caption_layers > 0) needs caption_vocab, caption_length and a context_dim "
+                f"divisible by 8; got {self.caption_vocab}, {self.caption_length}, {self.context_dim}"
+            )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TransformerConfig:
@@ -104,6 +119,11 @@ class DiffusionTransformer(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
         self.image_proj = nn.Linear(c.embed_dim, w) if c.embed_dim else None
         self.image_tokens = nn.Linear(c.embed_dim, c.num_image_tokens * w) if c.embed_dim else None
+        self.caption = (
+            CaptionEncoder(c.caption_vocab, c.caption_length, c.context_dim, c.caption_layers, c.context_dim // 8)
+            if c.caption_layers
+            else None
+        )  # 8 heads: context_dim // 8 each (checked divisible above)
         self.text_proj = nn.Linear(c.context_dim, w) if c.context_dim else None
         self.context_type = nn.Parameter(torch.zeros(2, w))  # marks image-embedding vs caption tokens
         self.blocks = nn.ModuleList([Block(w, c.heads, c.mlp_ratio) for _ in range(c.depth)])
@@ -151,6 +171,8 @@ class DiffusionTransformer(nn.Module):
                 if text_mask is not None
                 else torch.ones(text_tokens.shape[:2], dtype=torch.bool, device=x.device)
             )
+            if self.caption is not None:  # token ids -> this decoder's own encodings
+                text_tokens = self.caption(text_tokens, mask)
             if drop_text is not None:
                 mask = mask & ~drop_text.bool()[:, None]
             context.append(self.text_proj(text_tokens) + self.context_type[1])
