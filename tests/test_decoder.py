@@ -604,3 +604,89 @@ def test_bad_diffusion_configs():
         DiffusionConfig(sample_steps=0)
     with pytest.raises(ValueError, match="unknown transformer config keys"):
         DiffusionConfig(net={"depht": 2})
+
+
+# -- self-conditioning (Chen et al. 2022) ----------------------------------------------------------------
+
+
+def _self_cond_decoder(arch: str) -> ImageDiffusion:
+    torch.manual_seed(0)
+    model = ImageDiffusion(DiffusionConfig(arch=arch, net={**_net(arch), "self_condition": True}, sample_steps=4))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("arch", ["unet", "transformer"])
+def test_self_condition_input_reaches_the_output_and_none_means_zeros(arch):
+    model = _self_cond_decoder(arch)
+    assert model.self_conditions and not _decoder(arch).self_conditions
+    cond = _cond(2)
+    estimate = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    base = _run(model, cond)
+    assert _rows_differ(base, _run(model, {**cond, "self_cond": estimate})) == [True, True]
+    torch.testing.assert_close(base, _run(model, {**cond, "self_cond": torch.zeros_like(estimate)}), rtol=0, atol=0)
+
+
+class _SelfCondRecorder(_Recorder):
+    """Predicts a fixed v of 0.3 (so its x0 estimates are known) and records every call."""
+
+    def forward(self, x, t, **cond):
+        self.calls.append((x, t, cond))
+        return torch.full_like(x, 0.3)
+
+
+def test_self_conditioning_loss_feeds_half_the_batches_their_own_detached_estimate():
+    from dalle2 import diffusion
+
+    model = _self_cond_decoder("unet")
+    x0 = torch.rand(6, 3, SIZE, SIZE) * 2 - 1
+    cond = {"image_embed": torch.randn(6, EMBED), "text_tokens": torch.zeros(6, 1, WIDTH)}
+    torch.manual_seed(0)
+    twice = 0
+    for _ in range(200):
+        recorder = _SelfCondRecorder()
+        model.loss(recorder, x0, **cond)
+        assert len(recorder.calls) in (1, 2)
+        if len(recorder.calls) == 1:
+            assert "self_cond" not in recorder.calls[0][2]  # the network fills in zeros
+            continue
+        twice += 1
+        (x_t, t, first), (x_t2, t2, second) = recorder.calls
+        assert torch.equal(x_t, x_t2) and torch.equal(t, t2) and "self_cond" not in first
+        assert torch.equal(first["drop_image"], second["drop_image"])  # the same condition in both passes
+        alpha, sigma = diffusion.alpha_sigma(model.alphas_cumprod, t, x_t)
+        expected = (alpha * x_t - sigma * 0.3).clamp(-1, 1)  # x0 from v = 0.3
+        torch.testing.assert_close(second["self_cond"], expected)
+        assert not second["self_cond"].requires_grad
+    assert 70 < twice < 130, twice
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp_2m"])
+def test_self_conditioned_sampling_feeds_each_step_the_previous_guided_estimate(sampler):
+    from dalle2 import diffusion
+
+    model = _self_cond_decoder("unet")
+    calls = []
+    net_forward = model.net.forward
+
+    def recording(x, t, **cond):
+        out = net_forward(x, t, **cond)
+        calls.append((x, t, cond["self_cond"], cond["drop_text"], out))
+        return out
+
+    model.net.forward = recording
+    noise = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(0)
+    out = model.sample(noise, **_cond(2), sampler=sampler, guidance_scale=2.0, generator=g)
+    assert out.shape == noise.shape and torch.isfinite(out).all() and len(calls) == 4  # one batched call a step
+    assert torch.equal(calls[0][2], torch.zeros(4, 3, SIZE, SIZE))  # nothing estimated yet
+    for (x, t, _, drop, raw), following in zip(calls, calls[1:], strict=False):
+        assert drop.tolist() == [False, False, True, True]  # conditional and unconditional halves, one batch
+        out_c, out_u = raw.chunk(2)
+        guided = out_u + 2.0 * (out_c - out_u)
+        alpha, sigma = diffusion.alpha_sigma(model.alphas_cumprod, t[:2], x[:2])
+        estimate = diffusion.to_x0_eps(guided, x[:2], alpha, sigma, "v")[0].clamp(-1, 1)
+        torch.testing.assert_close(following[2], torch.cat([estimate, estimate]))

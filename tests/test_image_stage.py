@@ -162,3 +162,14 @@ def test_every_preset_decoder_config_is_valid_and_gpu_encodes_its_own_captions()
             net = {k: v for k, v in net.items() if not k.startswith("caption_")}
         config = DiffusionConfig(**{**spec, "net": net})
         assert bool(config.net_config().caption_layers) == (preset != "tiny"), preset
+
+
+def test_self_conditioned_decoder_trains_saves_and_generates(tmp_path):
+    out = _copy(tmp_path)
+    report = train_decoder(out=str(out), overrides=["decoder.net.self_condition=true"], **TINY)
+    assert report["train"]["step"] == 4
+    pipe = dalle2.load(out)
+    assert pipe.decoder.self_conditions and ImageDiffusion.from_pretrained(out / "decoder").self_conditions
+    images = pipe(["a red circle", "three green stars"], n=1, seed=0)
+    assert [im.size for im in images] == [(pipe.resolution, pipe.resolution)] * 2
+    assert np.abs(np.asarray(images[0], dtype=float) - np.asarray(images[1], dtype=float)).mean() > 0.5

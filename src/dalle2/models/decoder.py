@@ -154,6 +154,11 @@ class ImageDiffusion(nn.Module):
         """True when the network encodes the caption itself: ``text_tokens`` are token ids, not encodings."""
         return bool(self.config.net.get("caption_layers", 0))
 
+    @property
+    def self_conditions(self) -> bool:
+        """True when the network also reads an x0 estimate (``net.self_condition``, Chen et al. 2022)."""
+        return bool(self.config.net.get("self_condition", False))
+
     def caption_inputs(
         self, clip: Any, captions: list[str], hidden: Tensor | None = None, mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
@@ -195,6 +200,10 @@ class ImageDiffusion(nn.Module):
             cond["noise_level"] = level.to(x0.device)
         alpha, sigma_t = diffusion.alpha_sigma(self.alphas_cumprod, t, x0)
         x_t = alpha * x0 + sigma_t * noise
+        if self.self_conditions and torch.rand(()) < 0.5:  # half the batches: first its own x0 estimate, no grad
+            with torch.no_grad():
+                first = model(x_t, t, **cond)
+            cond["self_cond"] = diffusion.to_x0_eps(first.float(), x_t, alpha, sigma_t, c.prediction)[0].clamp(-1, 1)
         out = model(x_t, t, **cond)
         weight_map = None
         if c.foreground_weight and c.foreground_source == "target":  # 1 + w * alpha_bar_t on the objects
@@ -275,6 +284,8 @@ class ImageDiffusion(nn.Module):
             cond["noise_level"] = level.to(device)
             scale = 1.0
         model_fn = diffusion.guided(self, scale, null)
+        if self.self_conditions:
+            model_fn = self._self_conditioning(model_fn)
         if inpaint is not None:
             model_fn = self._inpainting(model_fn, inpaint, noise.shape, generator)
         x = diffusion.sample(sampler, model_fn, noise, self.alphas_cumprod, steps, c.prediction, cond, eta, generator)
@@ -282,6 +293,21 @@ class ImageDiffusion(nn.Module):
             known, keep = inpaint
             x = keep * known.to(x) + (1 - keep) * x
         return x.clamp(-1, 1)
+
+    def _self_conditioning(self, model_fn):
+        """Wrap the (guided) model call so that each step reads the previous step's x0 estimate (zeros at the
+        first), in both guidance passes, as in Chen et al. 2022 (algorithm 2). Works with every sampler: each
+        calls the model once per step, in order."""
+        previous: list[Tensor] = []
+
+        def fn(x: Tensor, t: Tensor, **cond: Tensor) -> Tensor:
+            estimate = previous[-1] if previous else torch.zeros_like(x)
+            out = model_fn(x, t, self_cond=estimate, **cond)
+            alpha, sigma = diffusion.alpha_sigma(self.alphas_cumprod, t, x)
+            previous[:] = [diffusion.to_x0_eps(out.float(), x, alpha, sigma, self.config.prediction)[0].clamp(-1, 1)]
+            return out
+
+        return fn
 
     def _inpainting(self, model_fn, inpaint: tuple[Tensor, Tensor], shape, generator):
         """Wrap the model call so that it sees the known region noised to the current t."""

@@ -49,6 +49,7 @@ class TransformerConfig:
     caption_layers: int = 0  # > 0: encode token ids with an own caption Transformer of this depth
     caption_vocab: int = 0  # token ids the caption encoder embeds (the pipeline tokenizer's vocabulary)
     caption_length: int = 0  # the longest caption in tokens
+    self_condition: bool = False  # also read an x0 estimate (Chen et al. 2022), as the UNet's
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
@@ -107,14 +108,14 @@ class Block(nn.Module):
 
 class DiffusionTransformer(nn.Module):
     """Same call as :class:`dalle2.models.unet.UNet`: ``forward(x_t, t, image_embed, text_tokens, text_mask,
-    drop_image=None, drop_text=None)`` -> raw prediction of x's shape."""
+    drop_image=None, drop_text=None, self_cond=None)`` -> raw prediction of x's shape."""
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         self.config = c = config
         w, p = c.width, c.patch_size
         self.grid = c.image_size // p
-        self.patch = nn.Linear(c.in_channels * p * p, w)
+        self.patch = nn.Linear(c.in_channels * (2 if c.self_condition else 1) * p * p, w)
         self.pos = nn.Parameter(torch.randn(1, self.grid * self.grid, w) * 0.02)
         self.time_mlp = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
         self.image_proj = nn.Linear(c.embed_dim, w) if c.embed_dim else None
@@ -144,12 +145,16 @@ class DiffusionTransformer(nn.Module):
         text_mask: Tensor | None = None,
         drop_image: Tensor | None = None,
         drop_text: Tensor | None = None,
+        self_cond: Tensor | None = None,
         **unused: Any,
     ) -> Tensor:
         c = self.config
         b, ch, hh, ww = x.shape
         if hh != c.image_size or ww != c.image_size:
             raise ValueError(f"expected {c.image_size}x{c.image_size} input, got {hh}x{ww}")
+        if c.self_condition:
+            x = torch.cat([x, torch.zeros_like(x) if self_cond is None else self_cond.to(x)], 1)
+            ch = x.shape[1]
         p, g = c.patch_size, self.grid
         tokens = x.reshape(b, ch, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(b, g * g, ch * p * p)
         h = self.patch(tokens) + self.pos

@@ -63,6 +63,9 @@ class UNetConfig:
     caption_layers: int = 0
     caption_vocab: int = 0  # token ids the caption encoder embeds (the pipeline tokenizer's vocabulary)
     caption_length: int = 0  # longest caption in tokens (learned positions)
+    #: self-conditioning (Chen et al. 2022, "Analog Bits"): the network also reads an estimate of x0 (its own
+    #: previous one; zeros when there is none), ``in_channels`` more input channels
+    self_condition: bool = False
 
     def __post_init__(self) -> None:
         self.channels = [int(c) for c in self.channels]
@@ -204,7 +207,7 @@ class _Level(nn.Module):
 
 class UNet(nn.Module):
     """``forward(x_t, t, image_embed=None, text_tokens=None, text_mask=None, low_res=None, noise_level=None,
-    drop_image=None, drop_text=None)`` -> the raw prediction (eps / v / x0, per the owning model)."""
+    drop_image=None, drop_text=None, self_cond=None)`` -> the raw prediction (eps / v / x0, per the owning model)."""
 
     def __init__(self, config: UNetConfig) -> None:
         super().__init__()
@@ -231,7 +234,8 @@ class UNet(nn.Module):
         context_dim = ctx if self.context_norm is not None else 0
 
         p2 = c.patch_size**2
-        self.conv_in = nn.Conv2d((c.in_channels + c.low_res_channels) * p2, ch[0], 3, padding=1)
+        in_channels = c.in_channels * (2 if c.self_condition else 1) + c.low_res_channels
+        self.conv_in = nn.Conv2d(in_channels * p2, ch[0], 3, padding=1)
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
         skips = [ch[0]]
@@ -335,12 +339,15 @@ class UNet(nn.Module):
         noise_level: Tensor | None = None,
         drop_image: Tensor | None = None,
         drop_text: Tensor | None = None,
+        self_cond: Tensor | None = None,
     ) -> Tensor:
         c = self.config
         b = x.shape[0]
         emb, context, context_mask = self._conditions(
             t, image_embed, text_tokens, text_mask, noise_level, drop_image, drop_text, b
         )
+        if c.self_condition:  # the previous x0 estimate, or zeros (none yet / dropped in training)
+            x = torch.cat([x, torch.zeros_like(x) if self_cond is None else self_cond.to(x)], 1)
         if c.low_res_channels:
             if low_res is None:
                 raise ValueError("this UNet needs low_res (the low-resolution image to upsample)")
