@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dalle2.models.unet import CaptionEncoder, timestep_embedding
+from dalle2.models.unet import CaptionEncoder, check_caption_encoder, timestep_embedding
 
 __all__ = ["DiffusionTransformer", "TransformerConfig"]
 
@@ -58,15 +58,7 @@ class TransformerConfig:
             raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
         if self.depth < 1:
             raise ValueError("depth must be >= 1")
-        if self.caption_layers < 0 or self.caption_layers > 24:
-            raise ValueError(f"caption_layers must be between 0 and 24, got {self.caption_layers}")
-        if self.caption_layers and (
-            self.caption_vocab < 1 or self.caption_length < 1 or not self.context_dim or self.context_dim % 8
-        ):
-            raise ValueError(
-                "a caption encoder (caption_layers > 0) needs caption_vocab, caption_length and a context_dim "
-                f"divisible by 8; got {self.caption_vocab}, {self.caption_length}, {self.context_dim}"
-            )
+        check_caption_encoder(self.caption_layers, self.caption_vocab, self.caption_length, self.context_dim)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TransformerConfig:

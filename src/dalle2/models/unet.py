@@ -82,15 +82,7 @@ class UNetConfig:
             )
         if self.blocks_per_level < 1 or self.head_dim < 8:
             raise ValueError("blocks_per_level must be >= 1 and head_dim >= 8")
-        if self.caption_layers < 0 or self.caption_layers > 24:
-            raise ValueError(f"caption_layers must be between 0 and 24, got {self.caption_layers}")
-        if self.caption_layers and (
-            self.caption_vocab < 1 or self.caption_length < 1 or not self.context_dim or self.context_dim % 8
-        ):
-            raise ValueError(
-                "a caption encoder (caption_layers > 0) needs caption_vocab, caption_length and a context_dim "
-                f"divisible by 8; got {self.caption_vocab}, {self.caption_length}, {self.context_dim}"
-            )
+        check_caption_encoder(self.caption_layers, self.caption_vocab, self.caption_length, self.context_dim)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> UNetConfig:
@@ -102,6 +94,17 @@ class UNetConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def check_caption_encoder(layers: int, vocab: int, length: int, context_dim: int) -> None:
+    """Raise ValueError unless the caption-encoder keys of a network config fit together."""
+    if layers < 0 or layers > 24:
+        raise ValueError(f"caption_layers must be between 0 and 24, got {layers}")
+    if layers and (vocab < 1 or length < 1 or not context_dim or context_dim % 8):
+        raise ValueError(
+            "a caption encoder (caption_layers > 0) needs caption_vocab, caption_length and a context_dim "
+            f"divisible by 8; got {vocab}, {length}, {context_dim}"
+        )
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
