@@ -203,7 +203,7 @@ class ImageDiffusion(nn.Module):
         if self.self_conditions and torch.rand(()) < 0.5:  # half the batches: first its own x0 estimate, no grad
             with torch.no_grad():
                 first = model(x_t, t, **cond)
-            cond["self_cond"] = diffusion.to_x0_eps(first.float(), x_t, alpha, sigma_t, c.prediction)[0].clamp(-1, 1)
+            cond["self_cond"] = self._self_cond_estimate(first, x_t, alpha, sigma_t)
         out = model(x_t, t, **cond)
         weight_map = None
         if c.foreground_weight and c.foreground_source == "target":  # 1 + w * alpha_bar_t on the objects
@@ -304,10 +304,14 @@ class ImageDiffusion(nn.Module):
             estimate = previous[-1] if previous else torch.zeros_like(x)
             out = model_fn(x, t, self_cond=estimate, **cond)
             alpha, sigma = diffusion.alpha_sigma(self.alphas_cumprod, t, x)
-            previous[:] = [diffusion.to_x0_eps(out.float(), x, alpha, sigma, self.config.prediction)[0].clamp(-1, 1)]
+            previous[:] = [self._self_cond_estimate(out, x, alpha, sigma)]
             return out
 
         return fn
+
+    def _self_cond_estimate(self, out: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """The x0 estimate a self-conditioned network reads next: the same in training and sampling."""
+        return diffusion.to_x0_eps(out.float(), x_t, alpha, sigma, self.config.prediction)[0].clamp(-1, 1)
 
     def _inpainting(self, model_fn, inpaint: tuple[Tensor, Tensor], shape, generator):
         """Wrap the model call so that it sees the known region noised to the current t."""
