@@ -68,21 +68,49 @@ def test_parameterizations_round_trip():
     assert torch.allclose(D.eps_from_v(x_t, v, a, s), eps, atol=1e-5)
 
 
-def test_denoiser_loss_is_per_sample_and_zero_for_oracle():
+def test_objective_loss_is_per_sample_and_zero_for_oracle():
     ac = D.cosine_alphas_cumprod(T)
     x0 = torch.randn(3, 4)
     noise = torch.randn(3, 4)
     t = torch.tensor([5, 300, 800])
+    for pred in D.PREDICTIONS:
+        objective = D.Objective(pred, T)
+        x_t, a, s = objective.noised(x0, t, noise)
+        assert torch.allclose(x_t, D.q_sample(ac, x0, t, noise))
+        oracle = D.target(x0, noise, a, s, pred)
+        assert objective.loss(oracle, x0, noise, t).shape == (3,)
+        assert torch.allclose(objective.loss(oracle, x0, noise, t), torch.zeros(3))
+        assert objective.loss(oracle + 1, x0, noise, t).allclose(torch.ones(3))
+    assert "alphas_cumprod" not in D.Objective().state_dict()
+    assert torch.equal(D.Objective(num_train_timesteps=T).alphas_cumprod, ac)
 
-    class Oracle(nn.Module):
-        def forward(self, x_t, t):
-            return x0
 
-    den = D.Denoiser(Oracle(), prediction="x0")
-    assert den.loss(x0, t=t, noise=noise).shape == (3,)
-    assert torch.allclose(den.loss(x0, t=t, noise=noise), torch.zeros(3))
-    assert "alphas_cumprod" not in den.state_dict()
-    assert torch.equal(den.alphas_cumprod, ac)
+@pytest.mark.parametrize("pred", D.PREDICTIONS)
+def test_min_snr_weight_is_the_same_in_x0_terms(pred):
+    """Min-SNR-gamma weights every parameterization's MSE so that it equals min(SNR, gamma) * ||x0_hat - x0||^2."""
+    gamma = 5.0
+    objective = D.Objective(pred, T, min_snr_gamma=gamma)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
+    t = torch.tensor([10, 200, 500, 900])
+    x_t, a, s = objective.noised(x0, t, noise)
+    out = D.target(x0, noise, a, s, pred) + 0.1 * torch.randn(4, 6, generator=g)
+    x0_hat, _ = D.to_x0_eps(out, x_t, a, s, pred)
+    ab = D.cosine_alphas_cumprod(T)[t]
+    snr = ab / (1 - ab)
+    expected = snr.clamp(max=gamma) * (x0_hat - x0).pow(2).mean(1)
+    assert torch.allclose(objective.loss(out, x0, noise, t), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_objective_draws_from_the_generator_or_the_global_rng():
+    x0 = torch.zeros(5, 3)
+    first = D.Objective().draw(x0, torch.Generator().manual_seed(1))
+    again = D.Objective().draw(x0, torch.Generator().manual_seed(1))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    torch.manual_seed(4)
+    t, noise = D.Objective().draw(x0)
+    torch.manual_seed(4)
+    assert torch.equal(t, torch.randint(0, 1000, (5,))) and torch.equal(noise, torch.randn(5, 3))
 
 
 @pytest.mark.parametrize("pred", ["v", "eps"])

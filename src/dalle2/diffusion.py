@@ -1,9 +1,9 @@
 """Gaussian diffusion shared by the prior, the decoder and the upsampler.
 
-Layering (after k-diffusion): a raw network ``net(x_t, t, **cond)`` -> :class:`Denoiser`, which owns
-the parameterization (eps / v / x0) and the per-sample loss -> samplers, plain functions that carry no
-state between calls. Classifier-free guidance is :func:`guided`, a wrapper around the model call that
-batches the conditional and the unconditional pass.
+Layering (after k-diffusion): a raw network ``net(x_t, t, **cond)``; :class:`Objective`, the one training
+loss of the prior, the decoder and the upsampler (schedule, parameterization, Min-SNR weighting); samplers,
+plain functions that carry no state between calls. Classifier-free guidance is :func:`guided`, a wrapper
+around the model call that batches the conditional and the unconditional pass.
 
 Notation: ``alpha_bar`` = alphas_cumprod, ``alpha = sqrt(alpha_bar)``, ``sigma = sqrt(1 - alpha_bar)``,
 ``x_t = alpha * x0 + sigma * eps`` (Ho et al. 2020, eq. 4) and ``v = alpha * eps - sigma * x0``
@@ -134,41 +134,53 @@ def foreground_mask(x0: Tensor, threshold: float = 0.1) -> Tensor:
     return ((x0 - median).abs().amax(1, keepdim=True) > threshold).to(x0.dtype)
 
 
-class Denoiser(nn.Module):
-    """Wraps a raw network ``net(x_t, t, **cond)`` with its schedule and parameterization.
+class Objective(nn.Module):
+    """The one training objective of every diffusion model here (prior, decoder, upsampler).
 
-    ``forward`` returns the raw output (what the samplers take, with ``prediction``);
-    ``loss`` returns the per-sample MSE on the chosen target (Ho et al. 2020, eq. 14 for eps)."""
+    Owns the cosine schedule (``alphas_cumprod``, derived from the config, never saved), the
+    parameterization (eps / v / x0) and the per-sample weighting: uniform timesteps, the MSE on the
+    parameterization's target (Ho et al. 2020, eq. 14 for eps), optionally times the Min-SNR-gamma weight
+    (Hang et al. 2023), written for each target so that every prediction gets the same weight in x0 terms:
+    min(SNR, gamma) / SNR for eps, min(SNR, gamma) / (SNR + 1) for v, min(SNR, gamma) for x0.
+    Randomness comes from ``generator`` or, without one, the global torch RNG (the trainer saves it).
+    """
 
-    def __init__(self, net: nn.Module, prediction: str = "eps", num_train_timesteps: int = 1000):
+    def __init__(self, prediction: str = "eps", num_train_timesteps: int = 1000, min_snr_gamma: float | None = None):
         super().__init__()
         _check_prediction(prediction)
-        self.net = net
         self.prediction = prediction
         self.num_train_timesteps = num_train_timesteps
-        # derived, never saved: rebuilt from the config on load
+        self.min_snr_gamma = min_snr_gamma
         self.register_buffer("alphas_cumprod", cosine_alphas_cumprod(num_train_timesteps), persistent=False)
 
-    def forward(self, x_t: Tensor, t: Tensor, **cond: Tensor) -> Tensor:
-        return self.net(x_t, t, **cond)
+    def draw(self, x0: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Training timesteps t (B,) uniform in [0, T) and noise shaped as ``x0``, in this order."""
+        t = torch.randint(0, self.num_train_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator).to(x0)
+        return t, noise
 
-    def loss(
-        self,
-        x0: Tensor,
-        t: Tensor | None = None,
-        noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        **cond: Tensor,
-    ) -> Tensor:
-        b = x0.shape[0]
-        if t is None:
-            t = torch.randint(0, self.num_train_timesteps, (b,), generator=generator).to(x0.device)
-        if noise is None:
-            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    def noised(self, x0: Tensor, t: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(x_t, alpha_t, sigma_t), the last two shaped to broadcast against ``x0``."""
         alpha, sigma = alpha_sigma(self.alphas_cumprod, t, x0)
-        x_t = alpha * x0 + sigma * noise
-        out = self.net(x_t, t, **cond)
-        return mse_per_sample(out, target(x0, noise, alpha, sigma, self.prediction))
+        return alpha * x0 + sigma * noise, alpha, sigma
+
+    def weight(self, t: Tensor) -> Tensor:
+        """Per-sample loss weight (B,): 1, or Min-SNR-gamma expressed for this parameterization's target."""
+        if self.min_snr_gamma is None:
+            return torch.ones(t.shape, device=t.device)
+        ab = self.alphas_cumprod.to(t.device)[t]
+        snr = ab / (1 - ab)
+        clamped = snr.clamp(max=self.min_snr_gamma)
+        return {"v": clamped / (snr + 1), "eps": clamped / snr, "x0": clamped}[self.prediction]
+
+    def loss(self, out: Tensor, x0: Tensor, noise: Tensor, t: Tensor, pixel_weight: Tensor | None = None) -> Tensor:
+        """Per-sample weighted loss (B,) of the network output ``out`` at (t, noise); ``pixel_weight``
+        (broadcastable to ``out``) makes each sample's MSE a weighted mean over its elements."""
+        alpha, sigma = alpha_sigma(self.alphas_cumprod, t, x0)
+        per_sample = mse_per_sample(out.float(), target(x0, noise, alpha, sigma, self.prediction), pixel_weight)
+        if self.min_snr_gamma is not None:
+            per_sample = per_sample * self.weight(t).to(per_sample)
+        return per_sample
 
 
 # --------------------------------------------------------------------------- guidance

@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from dalle2 import diffusion
+from dalle2.config import check_fields
 from dalle2.models.transformer import DiffusionTransformer, TransformerConfig
 from dalle2.models.unet import UNet, UNetConfig
 
@@ -114,7 +115,7 @@ class DiffusionConfig:
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown keys: {sorted(unknown)}")
-        return cls(**d)
+        return cls(**check_fields(cls, d))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -143,7 +144,12 @@ class ImageDiffusion(nn.Module):
         self.config = c = config
         net_config = c.net_config()
         self.net: nn.Module = DiffusionTransformer(net_config) if c.arch == "transformer" else UNet(net_config)  # type: ignore[arg-type]
-        self.register_buffer("alphas_cumprod", diffusion.cosine_alphas_cumprod(c.num_train_timesteps), persistent=False)
+        self.objective = diffusion.Objective(c.prediction, c.num_train_timesteps, c.min_snr_gamma)
+
+    @property
+    def alphas_cumprod(self) -> Tensor:
+        """The training schedule's alpha_bar (T,), owned by :attr:`objective`."""
+        return self.objective.alphas_cumprod
 
     @property
     def image_size(self) -> int:
@@ -187,8 +193,7 @@ class ImageDiffusion(nn.Module):
         forward pass goes through it. Randomness comes from the global torch RNG (saved by the trainer)."""
         c = self.config
         b = x0.shape[0]
-        t = torch.randint(0, c.num_train_timesteps, (b,)).to(x0.device)
-        noise = torch.randn(x0.shape).to(x0)
+        t, noise = self.objective.draw(x0)
         if c.role == "decoder":
             cond["drop_image"] = (torch.rand(b) < c.image_drop_prob).to(x0.device)
             cond["drop_text"] = (torch.rand(b) < c.text_drop_prob).to(x0.device)
@@ -198,8 +203,7 @@ class ImageDiffusion(nn.Module):
             level = torch.randint(0, max(1, c.max_aug_level), (b,))
             cond["low_res"] = self.corrupt_low_res(blur(low, sigma.to(low)), level)
             cond["noise_level"] = level.to(x0.device)
-        alpha, sigma_t = diffusion.alpha_sigma(self.alphas_cumprod, t, x0)
-        x_t = alpha * x0 + sigma_t * noise
+        x_t, alpha, sigma_t = self.objective.noised(x0, t, noise)
         if self.self_conditions and torch.rand(()) < 0.5:  # half the batches: first its own x0 estimate, no grad
             with torch.no_grad():
                 first = model(x_t, t, **cond)
@@ -211,17 +215,7 @@ class ImageDiffusion(nn.Module):
         elif c.foreground_weight:  # 1 + w on what the model itself draws as objects (unbiased, see the config)
             x0_hat, _ = diffusion.to_x0_eps(out.detach().float(), x_t, alpha, sigma_t, c.prediction)
             weight_map = 1 + c.foreground_weight * diffusion.foreground_mask(x0_hat)
-        tgt = diffusion.target(x0, noise, alpha, sigma_t, c.prediction)
-        per_sample = diffusion.mse_per_sample(out.float(), tgt, weight_map)
-        if c.min_snr_gamma is not None:
-            snr = self.alphas_cumprod[t] / (1 - self.alphas_cumprod[t])
-            if c.prediction == "v":
-                weight = snr.clamp(max=c.min_snr_gamma) / (snr + 1)
-            elif c.prediction == "eps":
-                weight = snr.clamp(max=c.min_snr_gamma) / snr
-            else:
-                weight = snr.clamp(max=c.min_snr_gamma)
-            per_sample = per_sample * weight.to(per_sample)
+        per_sample = self.objective.loss(out, x0, noise, t, weight_map)
         return per_sample.mean()
 
     # -- sampling ------------------------------------------------------------------------------------

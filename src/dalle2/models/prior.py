@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from dalle2 import diffusion
+from dalle2.config import check_fields
 
 FORMAT_VERSION = 1
 
@@ -62,7 +63,7 @@ class PriorConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown PriorConfig fields: {sorted(unknown)}")
-        return cls(**d)
+        return cls(**check_fields(cls, d))
 
 
 PRESETS: dict[str, PriorConfig] = {
@@ -136,11 +137,7 @@ class DiffusionPrior(nn.Module):
         self.null_tokens = nn.Parameter(torch.zeros(c.max_text_len, c.embed_dim))
         nn.init.normal_(self.null_tokens, std=0.02)
         # derived buffers: not part of the weights file
-        self.register_buffer(
-            "alphas_cumprod",
-            diffusion.cosine_alphas_cumprod(c.num_train_timesteps),
-            persistent=False,
-        )
+        self.objective = diffusion.Objective("x0", c.num_train_timesteps)  # the paper's prior predicts z_i itself
         stats = stats or EmbeddingStats(torch.zeros(c.embed_dim), torch.ones(c.embed_dim))
         self.register_buffer("stats_mean", stats.mean.float().clone(), persistent=False)
         self.register_buffer("stats_std", stats.std.float().clone(), persistent=False)
@@ -197,6 +194,11 @@ class DiffusionPrior(nn.Module):
         return out
 
     # ------------------------------------------------------------------ training
+    @property
+    def alphas_cumprod(self) -> Tensor:
+        """The training schedule's alpha_bar (T,), owned by :attr:`objective`."""
+        return self.objective.alphas_cumprod
+
     def loss(
         self,
         image_embed: Tensor,
@@ -204,17 +206,17 @@ class DiffusionPrior(nn.Module):
         text_tokens: Tensor,
         text_mask: Tensor | None = None,
         generator: torch.Generator | None = None,
+        model: nn.Module | None = None,
     ) -> Tensor:
-        """Per-sample MSE between predicted and true clean standardised z_i (paper sec. 2.1)."""
+        """Per-sample MSE between predicted and true clean standardised z_i (paper sec. 2.1). ``model`` is
+        this module or its prepared (DDP) wrapper, so the forward pass goes through it (default: this one);
+        randomness from ``generator`` or the global torch RNG (which the trainer saves: exact resume)."""
         x0 = self.stats.normalize(image_embed)
-        b = x0.shape[0]
-        t = torch.randint(0, self.config.num_train_timesteps, (b,), generator=generator)
-        noise = torch.randn(x0.shape, generator=generator)
-        drop = torch.rand(b, generator=generator) < self.config.cond_drop_prob
-        t, noise, drop = t.to(x0.device), noise.to(x0), drop.to(x0.device)
-        x_t = diffusion.q_sample(self.alphas_cumprod, x0, t, noise)
-        pred = self(x_t, t, text_embed, text_tokens, text_mask, drop=drop)
-        return diffusion.mse_per_sample(pred, x0)
+        t, noise = self.objective.draw(x0, generator)
+        drop = (torch.rand(x0.shape[0], generator=generator) < self.config.cond_drop_prob).to(x0.device)
+        x_t, _, _ = self.objective.noised(x0, t, noise)
+        pred = (model or self)(x_t, t, text_embed, text_tokens, text_mask, drop=drop)
+        return self.objective.loss(pred, x0, noise, t)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()

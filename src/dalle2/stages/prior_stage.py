@@ -315,20 +315,12 @@ def _train(
     out: Path,
     opts: dict[str, Any],
 ) -> dict[str, Any]:
-    from dalle2 import diffusion
     from dalle2.training.trainer import Trainer
 
     def loss_fn(m: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        # DiffusionPrior.loss, written through m(...) (the prepared model's forward, as the Trainer needs);
-        # the noise comes from the torch RNG the Trainer saves and restores (exact resume)
-        x0 = prior.stats.normalize(batch["image_embed"])
-        b = x0.shape[0]
-        t = torch.randint(0, prior_config.num_train_timesteps, (b,)).to(x0.device)
-        noise = torch.randn(x0.shape).to(x0)
-        drop = (torch.rand(b) < prior_config.cond_drop_prob).to(x0.device)
-        x_t = diffusion.q_sample(prior.alphas_cumprod, x0, t, noise)
-        pred = m(x_t, t, batch["text_embed"], batch["text_tokens"], batch["text_mask"], drop=drop)
-        return diffusion.mse_per_sample(pred.float(), x0).mean()
+        # through m (the prepared model's forward, as the Trainer needs); noise from the RNG the Trainer saves
+        b = batch
+        return prior.loss(b["image_embed"], b["text_embed"], b["text_tokens"], b["text_mask"], model=m).mean()
 
     log_with = default_trackers(opts)
     trainer = Trainer(
