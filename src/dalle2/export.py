@@ -38,6 +38,9 @@ def _stage_record(report: dict[str, Any]) -> dict[str, Any]:
         record["training_minutes_last_run" if "total_wall_seconds" not in train else "training_minutes"] = round(
             float(seconds) / 60, 1
         )
+    if report.get("init_from"):  # a warm-started run: what it started from and the totals of every run
+        record["init_from"] = report["init_from"]
+        record["lineage"] = report.get("lineage")
     return {k: v for k, v in record.items() if v is not None}
 
 
@@ -93,7 +96,7 @@ def export_pipeline(
                 except json.JSONDecodeError:
                     pass
         provenance = {
-            "exported_from": str(source.resolve()),
+            "exported_from": source.resolve().name,  # never a path of this machine
             "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "weights_dtype": "float16" if half else "as trained",
             "stages": stages,

@@ -33,6 +33,12 @@ def register(train_subparsers: Any) -> None:
         p.add_argument("--out", required=True, help=f"pipeline folder; writes OUT/{stage}/ and model_index.json")
         add_config_options(p, example=f"train.max_steps=100 or {stage}.net.width=128")
         add_run_options(p, stage)
+        p.add_argument(
+            "--init-from",
+            metavar="DIR",
+            help=f"start from the {stage} weights of pipeline folder DIR (e.g. an exported one) with a new "
+            "optimizer and schedule; recorded in the report and provenance",
+        )
         p.set_defaults(func=run, stage=stage)
 
 

@@ -39,7 +39,7 @@ from dalle2.stages.common import (
     train_summary,
 )
 
-__all__ = ["IMAGE_STAGE_PRESETS", "ImageStageError", "train_decoder", "train_upsampler"]
+__all__ = ["IMAGE_STAGE_PRESETS", "ImageStageError", "train_decoder", "train_upsampler", "warm_start"]
 
 # per stage and preset: train-section defaults, the DiffusionConfig (net included) and stage keys
 IMAGE_STAGE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -234,6 +234,7 @@ def train_decoder(args: argparse.Namespace | dict[str, Any] | None = None, **kwa
         sizes["net"].update(caption_vocab=clip.tokenizer.vocab_size, caption_length=clip.tokenizer.max_length)
     torch.manual_seed(config.train.seed)
     decoder = _build("decoder", model_spec, sizes)
+    init_from = warm_start("decoder", decoder, opts.get("init_from"), out, bool(opts.get("resume")), log)
     log(config.to_yaml() + yaml.safe_dump({"decoder": {**decoder.config.to_dict(), **keys}}, sort_keys=False).rstrip())
     n_params = sum(p.numel() for p in decoder.parameters())
     log(f"decoder: {decoder.config.arch}, {n_params / 1e6:.2f}M parameters, {resolution}x{resolution}")
@@ -271,6 +272,7 @@ def train_decoder(args: argparse.Namespace | dict[str, Any] | None = None, **kwa
         "consistency": evaluate_decoder(ema.eval(), clip, images, captions),
         "parameters": n_params,
         "train": info,
+        **_lineage(init_from, info),
         "wall_seconds": round(time.monotonic() - start, 1),
     }
     (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -349,6 +351,7 @@ def train_upsampler(args: argparse.Namespace | dict[str, Any] | None = None, **k
     sizes = {"net": {"image_size": high, "low_res_channels": 3, "noise_level_embedding": True}, "low_res_size": low}
     torch.manual_seed(config.train.seed)
     upsampler = _build("upsampler", model_spec, sizes)
+    init_from = warm_start("upsampler", upsampler, opts.get("init_from"), out, bool(opts.get("resume")), log)
     resolved = yaml.safe_dump({"upsampler": {**upsampler.config.to_dict(), **keys}}, sort_keys=False)
     log(config.to_yaml() + resolved.rstrip())
     n_params = sum(p.numel() for p in upsampler.parameters())
@@ -382,6 +385,7 @@ def train_upsampler(args: argparse.Namespace | dict[str, Any] | None = None, **k
         "quality": evaluate_upsampler(ema.eval(), images),
         "parameters": n_params,
         "train": info,
+        **_lineage(init_from, info),
         "wall_seconds": round(time.monotonic() - start, 1),
     }
     (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -390,6 +394,99 @@ def train_upsampler(args: argparse.Namespace | dict[str, Any] | None = None, **k
     log(f"upsampler on {q['samples']} held-out images: PSNR {q['psnr_upsampler']} dB (bicubic {q['psnr_bicubic']} dB)")
     log(f"wrote {folder} and {out / 'model_index.json'}")
     return report
+
+
+# -- warm start --------------------------------------------------------------------------------------
+
+
+def warm_start(stage: str, model: Any, source: str | Path | None, out: Path, resume: bool, log: Any) -> dict | None:
+    """Load ``model``'s weights from the ``stage`` of pipeline folder ``source`` (``--init-from``).
+
+    Weights only: the run gets a new optimizer and learning-rate schedule, and counts its own steps from 0.
+    The network must be the one saved there (same arch and ``net`` keys); training-only keys (loss
+    weighting, drop rates) may differ. What the run started from is recorded in
+    ``OUT/training/<stage>/init_from.json`` (so a ``--resume`` of it still says so) and returned for the
+    report: the source folder's name (never a machine path), the weights' SHA-256, and the steps and
+    training minutes that led to them. Returns None for a run that starts from random weights. A checkpoint
+    in ``OUT/training/<stage>`` wins under ``--resume`` (it holds newer weights than the source).
+    """
+    import hashlib
+
+    from dalle2.models.decoder import ImageDiffusion
+
+    run_dir = out / "training" / stage
+    record_path = run_dir / "init_from.json"
+    has_checkpoint = any((run_dir / "checkpoints").glob("step_*"))
+    if has_checkpoint:
+        if source is not None and resume:
+            log(f"{stage}: --init-from ignored: resuming the checkpoint in {run_dir / 'checkpoints'}")
+        # a resumed run keeps the record of where it started; a refused one (no --resume) changes nothing
+        return json.loads(record_path.read_text()) if resume and record_path.is_file() else None
+    if source is None:
+        return None
+    folder = Path(source)
+    component = folder / stage if (folder / stage / "config.json").is_file() else folder
+    if not (component / "config.json").is_file():
+        raise ImageStageError(f"--init-from {folder}: no {stage} there (expected {folder / stage / 'config.json'})")
+    try:
+        saved = ImageDiffusion.from_pretrained(component)
+    except ValueError as error:
+        raise ImageStageError(f"--init-from: {error}") from None
+    if saved.config.role != stage:
+        raise ImageStageError(f"--init-from {component}: that folder holds the {saved.config.role}, not the {stage}")
+    mine, theirs = model.config.to_dict(), saved.config.to_dict()
+    differ = [f"arch ({theirs['arch']} there, {mine['arch']} here)"] if mine["arch"] != theirs["arch"] else []
+    for key in sorted(set(mine["net"]) | set(theirs["net"])):
+        if mine["net"].get(key) != theirs["net"].get(key):
+            differ.append(f"net.{key} ({theirs['net'].get(key)!r} there, {mine['net'].get(key)!r} here)")
+    if differ:
+        raise ImageStageError(
+            f"--init-from {component}: another network than this run's: {'; '.join(differ)}; "
+            f"set the same {stage}.net keys (or drop --init-from)"
+        )
+    model.load_state_dict(saved.state_dict())  # copies into the model's own dtype (float16 exports -> float32)
+    steps, minutes = 0, 0.0
+    report_path = component / "report.json"
+    if report_path.is_file():
+        try:
+            previous = json.loads(report_path.read_text())
+        except json.JSONDecodeError:
+            previous = {}
+        lineage = previous.get("lineage") or {}
+        train = previous.get("train") or {}
+        steps = int(lineage.get("steps", train.get("step", 0)) or 0)
+        seconds = train.get("total_wall_seconds") or train.get("wall_seconds") or 0.0
+        minutes = float(lineage.get("training_minutes", float(seconds) / 60))
+    digest = hashlib.sha256((component / "model.safetensors").read_bytes()).hexdigest()
+    record = {
+        "source": component.resolve().parent.name,  # the pipeline folder's name, never a path
+        "sha256": digest,
+        "steps": steps,
+        "training_minutes": round(minutes, 1),
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = record_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(record_path)
+    log(
+        f"{stage}: warm start from {record['source']} ({steps} steps, {record['training_minutes']} min of "
+        "training before this run); new optimizer and schedule"
+    )
+    return record
+
+
+def _lineage(init_from: dict | None, info: dict[str, Any]) -> dict[str, Any]:
+    """Report keys of a warm-started run: where it started and the totals of every run that led here."""
+    if init_from is None:
+        return {}
+    seconds = info.get("total_wall_seconds") or info.get("wall_seconds") or 0.0
+    return {
+        "init_from": init_from,
+        "lineage": {
+            "steps": init_from["steps"] + int(info["step"]),
+            "training_minutes": round(init_from["training_minutes"] + float(seconds) / 60, 1),
+        },
+    }
 
 
 # -- shared ------------------------------------------------------------------------------------------

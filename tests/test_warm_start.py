@@ -1,0 +1,121 @@
+"""``--init-from``: a decoder / upsampler run that starts from a pipeline folder's weights (issue 21)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from dalle2.export import export_pipeline
+from dalle2.models.decoder import ImageDiffusion
+from dalle2.stages.image_stage import ImageStageError, train_decoder, train_upsampler, warm_start
+
+FIXTURE = Path(__file__).parent / "fixtures" / "unclip-tiny"
+TINY = {"preset": "tiny", "data": "shapes", "log_with": None, "progress": False, "quiet": True}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    """A tiny pipeline trained 4 decoder + 4 upsampler steps (seed 1), exported (float16) as a shipped one is."""
+    root = tmp_path_factory.mktemp("warm")
+    shutil.copytree(FIXTURE, root / "first")
+    other_seed = ["train.seed=1"]  # so its weights differ from a seed-0 run's random start
+    train_decoder(out=str(root / "first"), overrides=other_seed, **TINY)
+    train_upsampler(out=str(root / "first"), overrides=other_seed, **TINY)
+    export_pipeline(root / "first", root / "shipped")
+    return root / "shipped"
+
+
+def _fresh(where: Path, name: str = "second") -> Path:
+    out = where / name
+    shutil.copytree(FIXTURE, out)
+    return out
+
+
+def test_warm_start_loads_the_weights(exported, tmp_path):
+    out = _fresh(tmp_path)
+    frozen = ["train.learning_rate=1e-12"]  # the one step leaves the weights where they started
+    report = train_decoder(out=str(out), init_from=str(exported), max_steps=1, overrides=frozen, **TINY)
+    start = ImageDiffusion.from_pretrained(exported / "decoder").state_dict()
+    after = ImageDiffusion.from_pretrained(out / "decoder").state_dict()
+    for key in start:
+        torch.testing.assert_close(after[key].float(), start[key].float(), atol=1e-3, rtol=0)
+    fresh = _fresh(tmp_path, "random")  # without --init-from the same run ends elsewhere
+    train_decoder(out=str(fresh), max_steps=1, overrides=frozen, **TINY)
+    random = ImageDiffusion.from_pretrained(fresh / "decoder").state_dict()
+    assert max((random[k].float() - start[k].float()).abs().max().item() for k in start) > 1e-2
+    assert report["train"]["step"] == 1  # this run's own steps, from 0
+    assert report["init_from"]["steps"] == 4  # the 4 tiny steps that made the shipped decoder
+    assert report["lineage"]["steps"] == 5
+
+
+def test_warm_start_function_copies_every_tensor(exported, tmp_path):
+    model = ImageDiffusion.from_pretrained(exported / "decoder")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    record = warm_start("decoder", model, exported, tmp_path, False, lambda _m: None)
+    saved = ImageDiffusion.from_pretrained(exported / "decoder").state_dict()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, saved[key].to(value.dtype)), key
+    assert json.loads((tmp_path / "training" / "decoder" / "init_from.json").read_text()) == record
+
+
+def test_report_index_and_provenance_record_the_start(exported, tmp_path):
+    out = _fresh(tmp_path)
+    train_decoder(out=str(out), init_from=str(exported / "decoder"), max_steps=2, **TINY)  # the component folder
+    saved = json.loads((out / "decoder" / "report.json").read_text())
+    digest = hashlib.sha256((exported / "decoder" / "model.safetensors").read_bytes()).hexdigest()
+    assert saved["init_from"]["sha256"] == digest
+    assert saved["init_from"]["source"] == "shipped"  # the folder's name, not a path of this machine
+    assert str(tmp_path) not in json.dumps(saved)
+    index = export_pipeline(out, tmp_path / "again")
+    record = index["provenance"]["stages"]["decoder"]
+    assert record["steps"] == 2 and record["init_from"]["steps"] == 4 and record["lineage"]["steps"] == 6
+    assert index["provenance"]["exported_from"] == "second"
+    assert str(tmp_path) not in (tmp_path / "again" / "model_index.json").read_text()
+
+
+def test_resume_of_a_warm_started_run_keeps_its_record(exported, tmp_path):
+    out = _fresh(tmp_path)
+    train_decoder(out=str(out), init_from=str(exported), max_steps=2, **TINY)
+    report = train_decoder(out=str(out), resume=True, max_steps=3, **TINY)
+    assert report["train"]["step"] == 3 and report["train"]["steps_this_run"] == 1
+    assert report["init_from"]["steps"] == 4 and report["lineage"]["steps"] == 7
+
+
+def test_upsampler_warm_start(exported, tmp_path):
+    out = _fresh(tmp_path)
+    report = train_upsampler(out=str(out), init_from=str(exported), max_steps=1, **TINY)
+    assert report["init_from"]["steps"] == 4 and report["lineage"]["steps"] == 5
+
+
+def test_another_network_is_a_clear_error(exported, tmp_path):
+    out = _fresh(tmp_path)
+    with pytest.raises(ImageStageError, match=r"another network.*net\.width"):
+        train_decoder(out=str(out), init_from=str(exported), overrides=["decoder.net.width=48"], **TINY)
+    assert not (out / "decoder").exists()  # nothing written
+
+
+def test_missing_or_wrong_component_is_a_clear_error(exported, tmp_path):
+    out = _fresh(tmp_path)
+    with pytest.raises(ImageStageError, match="no decoder there"):
+        train_decoder(out=str(out), init_from=str(tmp_path / "nowhere"), **TINY)
+    with pytest.raises(ImageStageError, match="holds the upsampler, not the decoder"):
+        train_decoder(out=str(out), init_from=str(exported / "upsampler"), **TINY)
+
+
+def test_warm_start_without_source_is_a_fresh_run(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    assert warm_start("decoder", model, None, tmp_path, False, print) is None
+
+
+def test_cli_option(exported, tmp_path):
+    from dalle2.cli import build_parser
+
+    args = build_parser().parse_args(["train", "decoder", "--out", str(tmp_path), "--init-from", str(exported)])
+    assert args.init_from == str(exported)
