@@ -53,7 +53,7 @@ def make_timesteps(num_steps: int, num_train_timesteps: int = 1000) -> Tensor:
 
 def _bcast(a: Tensor, x: Tensor) -> Tensor:
     """Per-sample scalars (B,) -> (B, 1, ..., 1) broadcastable against x."""
-    return a.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+    return a.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)  # (B,) -> (B, 1, ..., 1) as x
 
 
 def alpha_sigma(alphas_cumprod: Tensor, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -121,16 +121,16 @@ def mse_per_sample(pred: Tensor, tgt: Tensor, pixel_weight: Tensor | None = None
     weighted mean over each sample's elements."""
     err = F.mse_loss(pred, tgt, reduction="none")
     if pixel_weight is None:
-        return err.flatten(1).mean(1)
+        return err.flatten(1).mean(1)  # (B, ...) -> (B,)
     w = pixel_weight.expand_as(err)
-    return (err * w).flatten(1).sum(1) / w.flatten(1).sum(1)
+    return (err * w).flatten(1).sum(1) / w.flatten(1).sum(1)  # (B, ...) -> (B,)
 
 
 def foreground_mask(x0: Tensor, threshold: float = 0.1) -> Tensor:
     """(B, 1, H, W) mask, 1 where a pixel of the clean image differs from the image's median colour by more
     than ``threshold`` (in [-1, 1] units, any channel): the objects of a scene on a plain background (the
     median colour is the background there, and the dominant colour in general)."""
-    median = x0.flatten(2).median(dim=2).values[:, :, None, None]
+    median = x0.flatten(2).median(dim=2).values[:, :, None, None]  # (B, C, HW) -> (B, C, 1, 1)
     return ((x0 - median).abs().amax(1, keepdim=True) > threshold).to(x0.dtype)
 
 

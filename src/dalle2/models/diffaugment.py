@@ -36,6 +36,7 @@ def _translation(x: torch.Tensor, ratio: float = 0.125) -> torch.Tensor:
     xs = (torch.arange(w, device=x.device)[None, None, :] + dx).clamp(-1, w)
     padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
     batch = torch.arange(b, device=x.device)[:, None, None]
+    # (B, H+2, W+2, C) gathered at (B, H, W) indices -> (B, H, W, C) -> (B, C, H, W)
     return padded.permute(0, 2, 3, 1)[batch, ys + 1, xs + 1].permute(0, 3, 1, 2)
 
 

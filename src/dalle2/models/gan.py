@@ -223,7 +223,7 @@ class DFGenerator(nn.Module):
 
     def forward(self, z: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         cond = torch.cat([s, z], dim=1)
-        x = self.fc(z).view(z.shape[0], self.c4, 4, 4)
+        x = self.fc(z).view(z.shape[0], self.c4, 4, 4)  # (B, C4*16) -> (B, C4, 4, 4)
         for block in self.blocks:
             x = block(x, cond)
         return torch.tanh(self.to_image(F.leaky_relu(x, 0.2)))
@@ -250,7 +250,7 @@ class DFDiscriminator(nn.Module):
         h = self.blocks(self.from_image(x))
         features = [h, minibatch_std(h, self.group)] if self.group else [h]
         joint = torch.cat([*features, s[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])], dim=1)
-        logit = self.logit(F.leaky_relu(self.joint(joint), 0.2)).flatten()
+        logit = self.logit(F.leaky_relu(self.joint(joint), 0.2)).flatten()  # (B, 1, 1, 1) -> (B,)
         if self.project is not None:  # the projection discriminator's inner product with the caption
             logit = logit + (self.project(s) * F.leaky_relu(h, 0.2).mean((2, 3))).sum(1)
         return logit
@@ -275,6 +275,7 @@ class DenseGenerator(nn.Module):
         self.shape = (c.channels, c.image_size, c.image_size)
 
     def forward(self, z: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        # (B, C*H*W) -> (B, C, H, W)
         return torch.tanh(self.net(torch.cat([z, s], dim=1))).view(z.shape[0], *self.shape)
 
 
@@ -290,7 +291,7 @@ class ConvDiscriminator(nn.Module):
         self.logit = _sn(nn.Linear(width * size * size + c.embed_dim, 1), c.spectral_norm)
 
     def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        return self.logit(torch.cat([self.convs(x).flatten(1), s], dim=1)).flatten()
+        return self.logit(torch.cat([self.convs(x).flatten(1), s], dim=1)).flatten()  # (B, C*h*w + D) -> (B,)
 
 
 # -- public ------------------------------------------------------------------------------------------

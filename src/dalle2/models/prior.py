@@ -215,7 +215,7 @@ class DiffusionPrior(nn.Module):
         t, noise = self.objective.draw(x0, generator)
         drop = (torch.rand(x0.shape[0], generator=generator) < self.config.cond_drop_prob).to(x0.device)
         x_t, _, _ = self.objective.noised(x0, t, noise)
-        pred = (model or self)(x_t, t, text_embed, text_tokens, text_mask, drop=drop)
+        pred = (self if model is None else model)(x_t, t, text_embed, text_tokens, text_mask, drop=drop)
         return self.objective.loss(pred, x0, noise, t)
 
     # ------------------------------------------------------------------ sampling
