@@ -5,9 +5,12 @@
 Without ``--model`` it serves the tests' tiny unCLIP model (built on the fly). Sends every JSON field of a
 generation request a catalogue of wrong values, random JSON documents and random bytes under every content
 type, mutated multipart uploads (bit flips, truncation, repeated parts, decompression-bomb headers, PNGs of
-every Pillow mode), odd paths and methods, and broken HTTP framing (raw sockets). Checks: no 5xx, every error
-answered by the app has the OpenAI error body, ``/healthz`` answers and a valid request still works at the end.
-Writes ``benchmarks/results/serve_fuzz.{json,md}``.
+every Pillow mode), odd paths and methods, and broken HTTP framing (raw sockets). Then poisoned batches
+(issue 23): rounds of concurrent valid requests (odd but valid text among them: NUL, right-to-left, combining
+marks, 1,000 characters) sent together with one or two poisoned ones (lone surrogates, as JSON escapes), so
+they meet in the batcher; every valid request must get its image and every poisoned one a 400.
+Checks: no 5xx, every error answered by the app has the OpenAI error body, ``/healthz`` answers and a valid
+request still works at the end. Writes ``benchmarks/results/serve_fuzz.{json,md}``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import random
 import socket
 import tempfile
+import threading
 import time
 import zlib
 from collections import Counter
@@ -148,6 +152,55 @@ def cases(rng: random.Random, random_count: int) -> list[tuple[str, str, str, di
     return out
 
 
+POISONED = ["a \ud800 circle", "a red \udcff circle", "\udc00\ud800", "two stars \udfff"]  # JSON: "\\ud800" escapes
+ODD_BUT_VALID = ["a red circle", "a red circle \x00", "\u202ea blue square", "a re\u0301d circle",
+                 "a green \u2028 triangle", "two yellow stars " * 58 + "ok"]  # fmt: skip
+
+
+def _send(port: int, prompt: str, results: list[Any], i: int) -> None:
+    body = json.dumps({"prompt": prompt, "size": "16x16", "response_format": "b64_json"}).encode()
+    try:
+        results[i] = request(port, "POST", "/v1/images/generations", body, {"Content-Type": "application/json"})
+    except OSError as error:
+        results[i] = (0, {}, str(error))
+
+
+def poisoned_batches(port: int, rounds: int, rng: random.Random) -> dict[str, Any]:
+    """Rounds of 6 valid + 1-2 poisoned generation requests sent at once (one connection each)."""
+    valid: Counter[str] = Counter()
+    poisoned: Counter[str] = Counter()
+    failures: list[dict[str, Any]] = []
+    for _ in range(rounds):
+        batch = [(False, rng.choice(ODD_BUT_VALID)) for _ in range(6)]
+        for _ in range(rng.choice([1, 2])):
+            batch.insert(rng.randrange(len(batch) + 1), (True, rng.choice(POISONED)))
+        results: list[Any] = [None] * len(batch)
+        threads = [threading.Thread(target=_send, args=(port, p, results, i)) for i, (_, p) in enumerate(batch)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for (is_poison, prompt), (status, _, body) in zip(batch, results, strict=True):
+            if is_poison:
+                poisoned[str(status)] += 1
+                good = status == 400 and is_error_body(body) and body["error"]["param"] == "prompt"
+            else:
+                valid[str(status)] += 1
+                good = status == 200 and isinstance(body, dict) and len(body.get("data", [])) == 1
+            if not good and len(failures) < 20:
+                failures.append({"category": "poisoned-batch", "poisoned": is_poison, "prompt": ascii(prompt)[:80],
+                                 "status": status, "body": str(body)[:300]})  # fmt: skip
+    return {
+        "rounds": rounds,
+        "valid_statuses": dict(sorted(valid.items())),
+        "poisoned_statuses": dict(sorted(poisoned.items())),
+        "valid_5xx": sum(n for s, n in valid.items() if int(s) >= 500),
+        "valid_ok": valid.get("200", 0),
+        "valid_requests": sum(valid.values()),
+        "failures": failures,
+    }
+
+
 RAW_FRAMES = [
     b"GARBAGE\r\n\r\n",
     b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
@@ -185,6 +238,7 @@ def main() -> None:
     parser.add_argument("--model", help="pipeline folder (default: the tiny test model, built on the fly)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--random", type=int, default=300, help="random JSON documents")
+    parser.add_argument("--poison-rounds", type=int, default=10, help="rounds of poisoned batches")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--name", default="serve_fuzz")
     args = parser.parse_args()
@@ -201,7 +255,7 @@ def run(args: argparse.Namespace, model: Path) -> None:
     by_category: dict[str, Counter[str]] = {}
     failures: list[dict[str, Any]] = []
     start = time.monotonic()
-    with Server([model], "--timeout-s", "60") as server:
+    with Server([model], "--timeout-s", "60", "--max-wait-ms", "50") as server:
         for category, method, path, headers, body in todo:
             try:
                 status, _, parsed = request(server.port, method, path, body, headers, timeout=60)
@@ -213,6 +267,8 @@ def run(args: argparse.Namespace, model: Path) -> None:
             if bad and len(failures) < 50:
                 failures.append({"category": category, "method": method, "path": path[:100], "status": status,
                                  "body": str(parsed)[:300], "request": body[:200].decode("latin-1")})  # fmt: skip
+        poison = poisoned_batches(server.port, args.poison_rounds, rng)
+        failures += poison.pop("failures")
         raw = Counter()
         for frame in RAW_FRAMES:
             status = send_raw(server.port, frame)
@@ -233,7 +289,11 @@ def run(args: argparse.Namespace, model: Path) -> None:
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
         "raw_frame_statuses": {str(k): v for k, v in sorted(raw.items())},
         "by_category": {k: dict(sorted(v.items())) for k, v in by_category.items()},
-        "status_5xx": sum(v for k, v in statuses.items() if k >= 500) + sum(v for k, v in raw.items() if k >= 500),
+        "status_5xx": sum(v for k, v in statuses.items() if k >= 500)
+        + sum(v for k, v in raw.items() if k >= 500)
+        + poison["valid_5xx"]
+        + sum(n for k, n in poison["poisoned_statuses"].items() if int(k) >= 500),
+        "poisoned_batches": poison,
         "failures": failures,
         "healthy_after": healthy,
         "valid_request_after": works,
@@ -245,7 +305,8 @@ def run(args: argparse.Namespace, model: Path) -> None:
     md = [
         "# dalle2 serve: fuzz",
         "",
-        f"Command: `python benchmarks/serve_fuzz.py --seed {args.seed} --random {args.random}`",
+        f"Command: `python benchmarks/serve_fuzz.py --seed {args.seed} --random {args.random} "
+        f"--poison-rounds {args.poison_rounds}`",
         "",
         f"{len(todo)} malformed HTTP requests + {len(RAW_FRAMES)} broken raw frames in {seconds:.0f} s against "
         f"{report['model']}. **5xx: {report['status_5xx']}**, requests without a proper answer (no response, or "
@@ -258,6 +319,11 @@ def run(args: argparse.Namespace, model: Path) -> None:
         f"| raw framing (h11) | {', '.join(f'{s}: {n}' for s, n in report['raw_frame_statuses'].items())} |",
         "",
         "(0 in raw framing: no response before the client gave up, as for a body shorter than its Content-Length.)",
+        "",
+        f"Poisoned batches: {poison['rounds']} rounds of 6 valid requests (odd but valid text among them) sent "
+        f"at once with 1-2 requests whose prompt is not valid text (lone surrogates). Valid requests: "
+        f"{poison['valid_ok']} of {poison['valid_requests']} got their image, **5xx: {poison['valid_5xx']}** "
+        f"(statuses {poison['valid_statuses']}); poisoned requests: statuses {poison['poisoned_statuses']}.",
     ]
     (out / f"{args.name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

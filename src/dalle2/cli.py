@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -318,6 +320,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def os_error_line(error: OSError) -> str:
+    """One line for an OS error on a path the user gave: the path, what is wrong, and a hint where one helps."""
+    reason = error.strerror or str(error) or type(error).__name__
+    if error.filename is None:
+        return reason
+    path = os.fsdecode(error.filename)
+    path = path.encode("utf-8", "backslashreplace").decode("utf-8")  # an undecodable name stays printable
+    if error.filename2 is not None:
+        path += f" -> {os.fsdecode(error.filename2)}".encode("utf-8", "backslashreplace").decode("utf-8")
+    hints = {
+        FileExistsError: "a file is in the way where a folder is needed",
+        NotADirectoryError: "part of the path is a file, not a folder",
+        IsADirectoryError: "it is a folder; give a file name",
+        PermissionError: "no permission; choose another location",
+    }
+    hint = next((text for kind, text in hints.items() if isinstance(error, kind)), None)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "the disk is full; free some space or choose another location"
+    elif error.errno == errno.EROFS:
+        hint = "a read-only file system; choose another location"
+    return f"cannot use {path}: {reason}" + (f" ({hint})" if hint else "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # --help and usage errors exit here, before torch is imported
@@ -343,10 +368,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         EvaluatorError,
         PipelineError,
         TrainingError,
-        FileNotFoundError,
         ValueError,
     ) as error:
         print(f"dalle2: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as error:  # a path the user gave: missing, a file where a folder belongs, no permission, full
+        print(f"dalle2: error: {os_error_line(error)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("dalle2: interrupted", file=sys.stderr)

@@ -124,8 +124,59 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-    names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+    names = " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
     raise ConfigError(f"{where} must be {names}, got {value!r}")
+
+
+_SCALARS = (bool, int, float, str, type(None))
+
+
+def _element_fits(value: Any, annotation: Any) -> bool:
+    if annotation is bool:
+        return isinstance(value, bool) or (isinstance(value, int) and value in (0, 1))
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    return True  # anything else is the class's own business
+
+
+def _type_name(annotation: Any) -> str:
+    if typing.get_args(annotation):  # list[int], tuple[float, float]: the whole form
+        return str(annotation).replace("typing.", "")
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def check_fields(cls: type, values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``values`` for dataclass ``cls``, each checked against its field's annotation; a wrong type is a
+    :class:`ConfigError` naming the key and the expected type (``sample_steps must be int, got 'lots'``),
+    never a comparison failing later inside the class. Numbers for float fields become floats; lists stand
+    for tuples (JSON has no tuples). Keys that are not fields are left to the caller."""
+    hints = typing.get_type_hints(cls)
+    out = dict(values)
+    for key, value in values.items():
+        annotation = hints.get(key)
+        if annotation is None or annotation is Any:
+            continue
+        where = f"{prefix}{key}"
+        options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+        if all(option in _SCALARS for option in options):
+            out[key] = _coerce(value, annotation, where)
+            continue
+        origin = typing.get_origin(annotation)
+        if origin in (list, tuple):
+            if not isinstance(value, list | tuple):
+                raise ConfigError(f"{where} must be a list ({_type_name(annotation)}), got {value!r}")
+            args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+            for item in value:
+                if args and not any(_element_fits(item, a) for a in args):
+                    expected = " or ".join(_type_name(a) for a in dict.fromkeys(args))
+                    raise ConfigError(f"{where} must be a list of {expected}, got {value!r}")
+        elif origin is dict and not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+    return out
 
 
 def _apply(config: Config, updates: dict[str, Any], source: str) -> None:

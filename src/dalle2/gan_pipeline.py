@@ -26,23 +26,13 @@ from typing import Any
 import torch
 from PIL import Image
 
+from dalle2.models.gan import sentence_embeddings
 from dalle2.pipeline import PipelineError, register
-from dalle2.unclip_pipeline import _check_count, _check_prompts, slerp
+from dalle2.pipeline_base import check_count, check_prompts, slerp
 
 __all__ = ["GanPipeline", "sentence_embeddings", "slerp_noise", "truncated_noise"]
 
 MAX_TRUNCATION = 10.0  # beyond this a draw is practically never redrawn: the option would do nothing
-
-
-@torch.no_grad()
-def sentence_embeddings(clip: Any, captions: list[str]) -> torch.Tensor:
-    """CLIP sentence embeddings (B, D) of captions. For a trained CLIP text tower (causal) the all-padding
-    columns are dropped first: the same embeddings (to float rounding), 2-3x faster on short captions."""
-    if clip.text_encoder != "clip" or clip.source != "trained":
-        return clip.encode_prompts(captions)[0].float()
-    ids, mask = clip.tokenize(captions)
-    keep = int(mask.long().sum(1).max().clamp_min(1))
-    return clip.encode_text(ids[:, :keep], mask[:, :keep])[0].float()
 
 
 def slerp_noise(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
@@ -160,9 +150,9 @@ class GanPipeline:
         """``n`` images per prompt (prompt-major) at ``resolution``, reproducible from ``seed``.
         ``truncation``: redraw noise components beyond this magnitude (module docstring; None = off).
         ``progress``: an object with ``update(k)`` (e.g. a tqdm bar) called per finished batch."""
-        items = _check_prompts(prompts)
-        _check_count("n", n, 1, 10_000)
-        _check_count("batch_size", batch_size, 1, 4096)
+        items = check_prompts(prompts)
+        check_count("n", n, 1, 10_000)
+        check_count("batch_size", batch_size, 1, 4096)
         g = self._generator(seed)
         z = truncated_noise(len(items) * n, self.generator.z_dim, g, truncation)
         embeds = self.encode_text(items).repeat_interleave(n, 0)
@@ -178,8 +168,8 @@ class GanPipeline:
     @torch.no_grad()
     def interpolate_noise(self, prompt: str, steps: int = 8, seed: int = 0) -> list[Image.Image]:
         """``steps`` images of one prompt, the noise slerped between two draws from ``seed`` (ends included)."""
-        (prompt,) = _check_prompts([prompt])
-        _check_count("steps", steps, 2, 1000)
+        (prompt,) = check_prompts([prompt])
+        check_count("steps", steps, 2, 1000)
         g = self._generator(seed)
         a, b = torch.randn(2, self.generator.z_dim, generator=g)
         z = torch.stack([slerp_noise(a, b, t) for t in torch.linspace(0, 1, steps).tolist()])
@@ -188,8 +178,8 @@ class GanPipeline:
     @torch.no_grad()
     def interpolate_text(self, prompt_a: str, prompt_b: str, steps: int = 8, seed: int = 0) -> list[Image.Image]:
         """``steps`` images from one noise (from ``seed``), the sentence embedding slerped from A's to B's."""
-        a_text, b_text = _check_prompts([prompt_a, prompt_b])
-        _check_count("steps", steps, 2, 1000)
+        a_text, b_text = check_prompts([prompt_a, prompt_b])
+        check_count("steps", steps, 2, 1000)
         g = self._generator(seed)
         z = torch.randn(1, self.generator.z_dim, generator=g).expand(steps, -1)
         ea, eb = self.encode_text([a_text, b_text])

@@ -9,8 +9,9 @@ inside the handlers. Conventions shared by every command:
 * ``-o``: a name ending in ``.png`` is a file; anything else (an existing folder, a name ending in ``/``, a
   name without an extension) is a folder, and the command's default file name is written inside it. Missing
   parent folders are created. Every PNG is written atomically (temporary file + rename).
-* Bad input (missing model or image, unreadable image, wrong mask size, empty prompt, out-of-range counts)
-  ends in one ``dalle2: error: ...`` line and exit status 2; argparse reports malformed options the same way.
+* Bad input (missing model or image, unreadable image, wrong mask size, empty prompt, a prompt or prompts file
+  that is not UTF-8 text, out-of-range counts) ends in one ``dalle2: error: ...`` line and exit status 2;
+  argparse reports malformed options the same way.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -85,25 +87,14 @@ seed_value = int_range(0, MAX_SEED)
 
 # ------------------------------------------------------------------------------------- model and files
 def resolve_model(name_or_path: str | Path | None) -> Path:
-    """The pipeline folder that ``--model`` names: a folder, or a bundled model's name ("unclip", "gan");
-    none at all means the bundled unCLIP model."""
-    from dalle2.pipeline import BUNDLED, DEFAULT_BUNDLED, PipelineError, bundled_path
+    """:func:`dalle2.pipeline.resolve_model`, its errors as this command's (one line, exit 2)."""
+    from dalle2.pipeline import PipelineError
+    from dalle2.pipeline import resolve_model as resolve
 
-    if name_or_path is not None and not str(name_or_path).strip():
-        raise GenerateError("empty --model: pass a pipeline folder written by `dalle2 train`, or unclip / gan")
-    path = Path(name_or_path).expanduser() if name_or_path is not None else None
-    if path is None or (str(name_or_path) in BUNDLED and not path.exists()):
-        try:
-            return bundled_path(DEFAULT_BUNDLED if name_or_path is None else str(name_or_path))
-        except PipelineError as error:
-            raise GenerateError(
-                f"no model given and {error}: pass --model DIR, a pipeline folder written by `dalle2 train`"
-            ) from None
-    if not path.exists():
-        raise GenerateError(f"model folder not found: {path}")
-    if not path.is_dir():
-        raise GenerateError(f"--model must be a pipeline folder, but {path} is a file")
-    return path
+    try:
+        return resolve(name_or_path)
+    except PipelineError as error:
+        raise GenerateError(str(error)) from None
 
 
 def open_pipeline(model: str | Path | None, feature: str | None = None) -> Any:
@@ -186,11 +177,16 @@ def read_prompts(path: str | Path) -> list[str]:
     p = Path(path).expanduser()
     if not p.is_file():
         raise GenerateError(f"prompts file not found: {p}")
+    data = p.read_bytes()
     try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise GenerateError(f"{p}: not a UTF-8 text file (expected one prompt per line)") from None
-    prompts = [line.strip() for line in text.splitlines()]
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise GenerateError(
+            f"{p} line {line}: not UTF-8 text (byte 0x{data[error.start]:02X}); save the file as UTF-8, "
+            "one prompt per line"
+        ) from None
+    prompts = [line.strip() for line in re.split(r"\r\n|\r|\n", text)]  # not str.splitlines: U+2028 is text
     prompts = [line for line in prompts if line and not line.startswith("#")]
     if not prompts:
         raise GenerateError(f"{p}: no prompts (one per line; blank lines and # comments are skipped)")
@@ -198,6 +194,13 @@ def read_prompts(path: str | Path) -> list[str]:
 
 
 def _check_prompt(prompt: str, what: str = "prompt") -> str:
+    """``prompt`` if it is usable text; else a one-line error (empty, or not UTF-8: see ``dalle2.text_input``)."""
+    from dalle2.text_input import TextError, check_text
+
+    try:
+        check_text(prompt, what)
+    except TextError as error:
+        raise GenerateError(str(error)) from None
     if not prompt.strip():
         raise GenerateError(f"empty {what}: give a description such as 'a red circle above a blue square'")
     return prompt
@@ -259,7 +262,8 @@ def _report(what: str, path: Path | str, count: int, pipe: Any, seed: int, secon
 
 # ---------------------------------------------------------------------------------------- handlers
 def cmd_generate(args: argparse.Namespace) -> None:
-    prompts = [_check_prompt(p) for p in args.prompt]
+    many = len(args.prompt) > 1
+    prompts = [_check_prompt(p, f"prompt {i}" if many else "prompt") for i, p in enumerate(args.prompt, start=1)]
     if args.prompts_file:
         prompts += read_prompts(args.prompts_file)
     if not prompts:

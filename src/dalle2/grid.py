@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -85,15 +85,27 @@ def captioned_grid(
     return sheet
 
 
+def _create_temporary(folder: Path, suffix: str) -> tuple[int, Path]:
+    """A new file in ``folder`` with a random name, created with mode 0666 less the process umask (the mode
+    any other written file gets: 0644 normally; ``tempfile.mkstemp`` would make it 0600)."""
+    while True:
+        tmp = folder / f".{secrets.token_hex(8)}{suffix}"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
 def save_image_atomic(image: Image.Image, path: str | Path) -> Path:
-    """Write a PNG through a temporary file and rename, so a crash never leaves half a file."""
+    """Write a PNG through a temporary file and rename, so a crash never leaves half a file. The file gets
+    the process umask's permissions, like every other file the command writes."""
     path = Path(path)
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.png")
+    fd, tmp = _create_temporary(path.parent, ".tmp.png")
     os.close(fd)
     try:
-        image.save(tmp, format="PNG")
+        image.save(tmp, format="PNG")  # rewrites the file in place: its mode stays
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

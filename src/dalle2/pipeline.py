@@ -84,20 +84,37 @@ def bundled_path(name: str = DEFAULT_BUNDLED) -> Path:
     return folder
 
 
+def resolve_model(name_or_path: str | Path | None) -> Path:
+    """The pipeline folder a model argument names: a folder, or a bundled model's name ("unclip", "gan")
+    when no folder of that name exists; ``None`` means the bundled unCLIP model. A PipelineError says why
+    not (empty, missing, a file, or the bundle not installed)."""
+    if name_or_path is not None and not str(name_or_path).strip():
+        raise PipelineError("empty --model: pass a pipeline folder written by `dalle2 train`, or unclip / gan")
+    path = Path(name_or_path).expanduser() if name_or_path is not None else None
+    if path is None or (str(name_or_path) in BUNDLED and not path.exists()):
+        try:
+            return bundled_path(DEFAULT_BUNDLED if name_or_path is None else str(name_or_path))
+        except PipelineError as error:
+            raise PipelineError(
+                f"no model given and {error}: pass --model DIR, a pipeline folder written by `dalle2 train`"
+            ) from None
+    if not path.exists():
+        raise PipelineError(f"model folder not found: {path}")
+    if not path.is_dir():
+        raise PipelineError(f"--model must be a pipeline folder, but {path} is a file")
+    return path
+
+
 def load(path: str | Path | None = None) -> Pipeline:
     """Open a saved pipeline folder of any registered kind; ``None`` (or "unclip" / "gan", when no folder
     of that name exists) opens a model bundled with the package."""
-    if path is None or (str(path) in BUNDLED and not Path(path).exists()):
-        path = bundled_path(DEFAULT_BUNDLED if path is None else str(path))
+    path = resolve_model(path)
     index = read_index(path)
     kind = index.get("kind")
     if kind not in LOADERS and kind in BUILTIN_KINDS:
         import importlib
 
-        try:
-            importlib.import_module(BUILTIN_KINDS[kind])
-        except ModuleNotFoundError:
-            pass
+        importlib.import_module(BUILTIN_KINDS[kind])  # registers the family's loader
     if kind not in LOADERS:
         known = ", ".join(sorted(LOADERS)) or "none registered"
         raise PipelineError(f"{path}: unknown model kind {kind!r} (known kinds: {known})")

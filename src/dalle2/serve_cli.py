@@ -6,6 +6,7 @@ Only argparse is imported at module level; FastAPI, uvicorn, torch and the pipel
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 from pathlib import Path
@@ -65,11 +66,23 @@ def _size(text: str) -> str:
 def load_models(folders: list[str]) -> dict[str, Any]:
     """Model id -> pipeline for the folders (none: the default model of ``resolve_model``)."""
     import dalle2
-    from dalle2.generate_cli import resolve_model
+    from dalle2.pipeline import resolve_model
     from dalle2.serve.registry import unique_names
 
     paths = [resolve_model(f) for f in folders] if folders else [resolve_model(None)]
     return {name: dalle2.load(path) for name, path in zip(unique_names(paths), paths, strict=True)}
+
+
+def prepare_out(out: str | None) -> Path | None:
+    """The ``--out`` folder, created if missing and checked writable; an ``OSError`` naming the path if it cannot
+    be (``dalle2.cli.main`` prints it in one line)."""
+    if not out:
+        return None
+    folder = Path(out).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)  # FileExistsError (a file), NotADirectoryError, PermissionError
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, "Permission denied", str(folder))
+    return folder
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -79,6 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     from dalle2.serve import ServeOptions, create_app
 
+    out = prepare_out(args.out)  # before the models load: a bad --out fails at once, in one line
     models = load_models(args.models)
     options = ServeOptions(
         default_size=args.default_size,
@@ -87,7 +101,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         queue_size=args.queue_size,
         timeout_s=args.timeout_s,
         file_ttl_s=args.file_ttl_s,
-        out=Path(args.out).expanduser() if args.out else None,
+        out=out,
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
     )
     app = create_app(models, options)

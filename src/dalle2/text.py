@@ -1,8 +1,9 @@
 """Text: a byte-level BPE tokenizer trained on a dataset's captions (Hugging Face ``tokenizers``).
 
 Lower-cases (NFKC first), adds ``[BOS]``/``[EOS]``, pads with ``[PAD]`` (id 0) and truncates to a fixed
-length. Byte-level pre-tokenization means every string has an encoding: unknown words never crash,
-they split into known pieces. Saved as a single ``tokenizer.json`` that holds all of this.
+length. Byte-level pre-tokenization means every valid text has an encoding: unknown words never crash,
+they split into known pieces (a string that is not valid UTF-8 is a ``TextError``, see
+``dalle2.text_input``). Saved as a single ``tokenizer.json`` that holds all of this.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from dalle2.text_input import TextError, check_text
+
+__all__ = ["SPECIAL_TOKENS", "TextError", "Tokenizer", "TokenizerError", "check_text"]
 
 PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
 SPECIAL_TOKENS = [PAD, BOS, EOS, UNK]  # ids 0, 1, 2, 3
@@ -82,10 +87,17 @@ class Tokenizer:
         return path
 
     def encode(self, texts: str | list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Texts -> ``ids`` (B, max_length) int64 and ``mask`` (B, max_length) bool (True = real token)."""
+        """Texts -> ``ids`` (B, max_length) int64 and ``mask`` (B, max_length) bool (True = real token).
+
+        A text that is not valid UTF-8 (a lone surrogate) raises :class:`TextError` naming its position in
+        ``texts``; any other string, including an empty one, has an encoding.
+        """
         if isinstance(texts, str):
             texts = [texts]
-        encodings = self.backend.encode_batch(list(texts))
+        texts = list(texts)
+        for i, text in enumerate(texts):
+            check_text(text, "text" if len(texts) == 1 else f"text {i + 1} of {len(texts)}")
+        encodings = self.backend.encode_batch(texts)
         ids = torch.tensor([e.ids for e in encodings], dtype=torch.long)  # (B, L)
         mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.bool)  # (B, L)
         return ids, mask
@@ -98,4 +110,5 @@ class Tokenizer:
 
     def tokens(self, text: str) -> list[str]:
         """The BPE pieces of ``text`` (for inspection), without specials or padding."""
+        check_text(text)
         return [t for t in self.backend.encode(text).tokens if t not in SPECIAL_TOKENS]

@@ -29,37 +29,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dalle2.pipeline import PipelineError, register
+from dalle2.pipeline_base import check_count, check_prompts, slerp
 
 __all__ = ["UnclipPipeline", "slerp"]
-
-MAX_PROMPT_CHARS = 1000
-
-
-def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
-    """Spherical interpolation between (rows of) a and b; returns unit vectors."""
-    a, b = F.normalize(a.float(), dim=-1), F.normalize(b.float(), dim=-1)
-    omega = torch.arccos((a * b).sum(-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7))
-    so = torch.sin(omega)
-    out = (torch.sin((1 - t) * omega) / so) * a + (torch.sin(t * omega) / so) * b
-    return F.normalize(out, dim=-1)
-
-
-def _check_prompts(prompts: str | Sequence[str]) -> list[str]:
-    items = [prompts] if isinstance(prompts, str) else list(prompts)
-    if not items:
-        raise PipelineError("no prompts given")
-    for p in items:
-        if not isinstance(p, str) or not p.strip():
-            raise PipelineError("empty prompt: give a description such as 'a red circle above a blue square'")
-        if len(p) > MAX_PROMPT_CHARS:
-            raise PipelineError(f"prompt of {len(p)} characters; the limit is {MAX_PROMPT_CHARS}")
-    return items
-
-
-def _check_count(name: str, value: int, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise PipelineError(f"{name} must be an integer from {low} to {high}, got {value!r}")
-
 
 class UnclipPipeline:
     """See the module docstring. Build with :meth:`from_folder` (or ``dalle2.load``)."""
@@ -235,10 +207,10 @@ class UnclipPipeline:
         """``n`` images per prompt (prompt-major) at the output resolution, reproducible from ``seed``.
         ``progress``: an object with ``update(k)`` (e.g. a tqdm bar) called per finished image.
         ``resolution=pipe.base_resolution``: the decoder's images, without the upsampler."""
-        items = _check_prompts(prompts)
+        items = check_prompts(prompts)
         upsample = self._upsamples(resolution)
-        _check_count("n", n, 1, 10_000)
-        _check_count("batch_size", batch_size, 1, 4096)
+        check_count("n", n, 1, 10_000)
+        check_count("batch_size", batch_size, 1, 4096)
         self._check_steps(steps, prior_steps, guidance)
         self._check_steps(None, None, prior_guidance)
         rows = [p for p in items for _ in range(n)]
@@ -262,7 +234,7 @@ class UnclipPipeline:
     def _check_steps(self, steps: int | None, prior_steps: int | None = None, guidance: float | None = None) -> None:
         for name, value in (("steps", steps), ("prior steps", prior_steps)):
             if value is not None:
-                _check_count(name, value, 1, 1000)
+                check_count(name, value, 1, 1000)
         if guidance is not None and not 0 <= guidance <= 100:
             raise PipelineError(f"guidance must be between 0 and 100, got {guidance}")
 
@@ -284,8 +256,8 @@ class UnclipPipeline:
     ) -> list[Image.Image]:
         """``n`` variations of ``image``: its z_i decoded with fresh noise (stochastic DDIM), ``batch_size``
         at a time; ``progress``: an object with ``update(k)`` called per finished batch, as in ``__call__``."""
-        _check_count("n", n, 1, 1000)
-        _check_count("batch_size", batch_size, 1, 4096)
+        check_count("n", n, 1, 1000)
+        check_count("batch_size", batch_size, 1, 4096)
         self._check_steps(steps, None, guidance)
         upsample = self._upsamples(resolution)
         z_i = self.encode_images([image])
@@ -310,7 +282,7 @@ class UnclipPipeline:
         guidance: float | None = None,
     ) -> list[Image.Image]:
         """``steps`` images along the slerp from a's z_i to b's, all decoded from the same noise."""
-        _check_count("steps", steps, 2, 64)
+        check_count("steps", steps, 2, 64)
         self._check_steps(sample_steps)
         za, zb = self.encode_images([a, b])
         z = torch.stack([slerp(za, zb, t) for t in np.linspace(0.0, 1.0, steps)])
@@ -330,8 +302,8 @@ class UnclipPipeline:
         guidance: float | None = None,
     ) -> list[Image.Image]:
         """The paper's text diffs: z_i rotated towards norm(z_t(to) - z_t(from)), theta 0..max_theta."""
-        _check_prompts([from_text, to_text])
-        _check_count("steps", steps, 2, 64)
+        check_prompts([from_text, to_text])
+        check_count("steps", steps, 2, 64)
         if not 0 < max_theta <= 1:
             raise PipelineError(f"max_theta must be in (0, 1], got {max_theta}")
         self._check_steps(sample_steps)
@@ -376,9 +348,9 @@ class UnclipPipeline:
         Mask: an image of the same size as ``image``; with an alpha channel, fully transparent pixels
         are edited (the OpenAI convention); without one, white (luminance >= 128) pixels are edited.
         The image is resized to the output resolution first (square images only keep every pixel)."""
-        (prompt,) = _check_prompts([prompt])
-        _check_count("n", n, 1, 1000)
-        _check_count("batch_size", batch_size, 1, 4096)
+        (prompt,) = check_prompts([prompt])
+        check_count("n", n, 1, 1000)
+        check_count("batch_size", batch_size, 1, 4096)
         self._check_steps(steps)
         upsample = self._upsamples(resolution)
         img = open_image(image) if not isinstance(image, Image.Image) else image

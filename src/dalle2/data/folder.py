@@ -6,9 +6,10 @@ no ``metadata.jsonl``, from a sidecar ``.txt`` file next to each image with the 
 (``cat.png`` + ``cat.txt``).
 
 Every image is opened and fully decoded once, at construction: unreadable, truncated or non-image files,
-metadata lines that are malformed or point to missing files, and images without a caption are skipped
-with one warning line each (logger ``dalle2.data.folder``) and a count at the end, so ``__getitem__``
-never meets a bad file.
+metadata lines that are malformed, not UTF-8, hold a caption that is not valid text (a lone surrogate, see
+``dalle2.text_input``) or point to missing files, and images without a caption are skipped with one warning
+line each naming the file or ``metadata.jsonl`` line (logger ``dalle2.data.folder``) and a count at the end,
+so ``__getitem__`` never meets a bad file and no bad caption reaches the tokenizer.
 The decoded, resized images are kept in memory (uint8) when they fit in ``cache_bytes``.
 """
 
@@ -26,6 +27,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from dalle2.data.base import DatasetError, Sample, resize_center_crop
+from dalle2.text_input import TextError, check_text
 
 __all__ = ["IMAGE_EXTENSIONS", "FolderDataset", "load_image", "to_rgb"]
 
@@ -157,14 +159,20 @@ class FolderDataset(Dataset):
         out: list[tuple[str, str]] = []
         seen: set[str] = set()
         try:
-            lines = metadata.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise DatasetError(f"cannot read {metadata}: {e}") from e
+            data = metadata.read_bytes()
+        except OSError as e:
+            raise DatasetError(f"cannot read {metadata}: {e.strerror or e}") from e
         root = self.root.resolve()
-        for number, line in enumerate(lines, start=1):
+        # split the bytes, not the text: only \n and \r end a JSON line (U+2028 or U+0085 in a caption do not)
+        for number, raw in enumerate(data.splitlines(), start=1):
+            where = f"{METADATA_FILE} line {number}"
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as e:  # this line only: the others are still read
+                self._skip_line(where, f"not UTF-8 text (byte 0x{raw[e.start]:02X} at byte {e.start + 1})")
+                continue
             if not line.strip():
                 continue
-            where = f"{METADATA_FILE} line {number}"
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError as e:
@@ -180,6 +188,11 @@ class FolderDataset(Dataset):
                 continue
             if not isinstance(text, str) or not text.strip():
                 self._skip_line(where, f"{name}: no 'text' caption")
+                continue
+            try:
+                check_text(text, "its caption")
+            except TextError as e:
+                self._skip_line(where, f"{name}: {e}")
                 continue
             rel = Path(name).as_posix()
             target = (self.root / rel).resolve()

@@ -33,6 +33,7 @@ from torch.utils.data import IterableDataset
 
 from dalle2.data.base import DatasetError, Sample, pil_to_tensor, resize_center_crop, tensor_to_pil
 from dalle2.data.folder import to_rgb
+from dalle2.text_input import TextError, check_text
 
 __all__ = ["ShardDataset", "expand_shards", "write_shards"]
 
@@ -115,8 +116,8 @@ def _caption(raw: dict[str, Any]) -> str | None:
         meta = json.loads(bytes(raw["json"]).decode("utf-8"))
         if isinstance(meta, dict):
             for key in ("caption", "text"):
-                if isinstance(meta.get(key), str):
-                    return meta[key].strip()
+                if isinstance(meta.get(key), str):  # JSON escapes can spell lone surrogates: check the text
+                    return check_text(meta[key], f"its .json {key!r}").strip()
     return None
 
 
@@ -180,6 +181,9 @@ class ShardDataset(IterableDataset):
             return None
         try:
             caption = _caption(raw)
+        except TextError as e:
+            _warn(f"skipping sample {key} in {url}: {e}")
+            return None
         except (UnicodeDecodeError, ValueError) as e:
             _warn(f"skipping sample {key} in {url}: unreadable caption ({type(e).__name__})")
             return None

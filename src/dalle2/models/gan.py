@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ARCHS", "Discriminator", "GanConfig", "GanConfigError", "Generator"]
+__all__ = ["ARCHS", "Discriminator", "GanConfig", "GanConfigError", "Generator", "sentence_embeddings"]
 
 ARCHS = ("dfgan", "article")
 EMBED_SCALES = ("none", "unit")
@@ -129,6 +129,18 @@ class GanConfig:
             out[r] = base * min(self.max_mult, self.image_size // r)
             r //= 2
         return out
+
+
+@torch.no_grad()
+def sentence_embeddings(clip: Any, captions: list[str]) -> torch.Tensor:
+    """CLIP sentence embeddings (B, D) of captions. For a trained CLIP text tower (causal) the all-padding
+    columns are dropped first: the same embeddings (to float rounding), 2-3x faster on short captions."""
+    if clip.text_encoder != "clip" or clip.source != "trained":
+        return clip.encode_prompts(captions)[0].float()
+    ids, mask = clip.tokenize(captions)
+    keep = int(mask.long().sum(1).max().clamp_min(1))
+    return clip.encode_text(ids[:, :keep], mask[:, :keep])[0].float()
+
 
 
 def _sn(layer: nn.Module, on: bool) -> nn.Module:

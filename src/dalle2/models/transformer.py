@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dalle2.config import check_fields
 from dalle2.models.unet import CaptionEncoder, check_caption_encoder, timestep_embedding
 
 __all__ = ["DiffusionTransformer", "TransformerConfig"]
@@ -65,7 +66,7 @@ class TransformerConfig:
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown transformer config keys: {sorted(unknown)}")
-        return cls(**d)
+        return cls(**check_fields(cls, d, "net."))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,9 +92,10 @@ class Block(nn.Module):
         b, n, w = x.shape
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(F.silu(emb))[:, None].chunk(6, dim=-1)
         h = self.norm1(x) * (1 + scale1) + shift1
+        # (B, N, 3W) -> (B, N, 3, heads, W/heads) -> 3 x (B, heads, N, W/heads)
         q, k, v = self.qkv(h).reshape(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
         h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        x = x + gate1 * self.proj(h.transpose(1, 2).reshape(b, n, w))
+        x = x + gate1 * self.proj(h.transpose(1, 2).reshape(b, n, w))  # (B, heads, N, W/heads) -> (B, N, W)
         h = self.norm2(x) * (1 + scale2) + shift2
         return x + gate2 * self.mlp(h)
 
@@ -148,6 +150,7 @@ class DiffusionTransformer(nn.Module):
             x = torch.cat([x, torch.zeros_like(x) if self_cond is None else self_cond.to(x)], 1)
             ch = x.shape[1]
         p, g = c.patch_size, self.grid
+        # (B, C, g*p, g*p) -> (B, C, g, p, g, p) -> (B, g, g, C, p, p) -> (B, g*g, C*p*p): one token a patch
         tokens = x.reshape(b, ch, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(b, g * g, ch * p * p)
         h = self.patch(tokens) + self.pos
         emb = self.time_mlp(timestep_embedding(t.expand(b), c.width))
@@ -158,6 +161,7 @@ class DiffusionTransformer(nn.Module):
             if drop_image is not None:  # zeroed before both projections: every path sees the null condition
                 image_embed = image_embed * (~drop_image.bool()).to(image_embed.dtype)[:, None]
             emb = emb + self.image_proj(image_embed)
+            # (B, K*W) -> (B, K, W): z_i as K extra context tokens (the paper's four)
             context.append(self.image_tokens(image_embed).reshape(b, c.num_image_tokens, -1) + self.context_type[0])
             masks.append(torch.ones(b, c.num_image_tokens, dtype=torch.bool, device=x.device))
         if self.text_proj is not None:
@@ -185,5 +189,6 @@ class DiffusionTransformer(nn.Module):
         h = h[:, n_ctx:]
         shift, scale = self.ada_out(F.silu(emb))[:, None].chunk(2, dim=-1)
         out = self.unpatch(self.norm_out(h) * (1 + scale) + shift)  # (B, g*g, C*p*p)
+        # (B, g*g, C*p*p) -> (B, g, g, C, p, p) -> (B, C, g, p, g, p) -> (B, C, H, W): the inverse of the patching
         out = out.reshape(b, g, g, c.out_channels, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, -1, hh, ww)
         return out + self.smooth(out)

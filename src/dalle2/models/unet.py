@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dalle2.config import check_fields
+
 __all__ = ["UNet", "UNetConfig"]
 
 
@@ -90,7 +92,7 @@ class UNetConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown UNet config keys: {sorted(unknown)}")
-        return cls(**d)
+        return cls(**check_fields(cls, d, "net."))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -167,11 +169,12 @@ class AttentionBlock(nn.Module):
                 mask = torch.cat([own, context_mask.bool()], 1)[:, None, None, :]  # (B, 1, 1, HW + T)
 
         def heads(t: Tensor) -> Tensor:
+            # (B, L, C) -> (B, L, heads, C/heads) -> (B, heads, L, C/heads)
             return t.reshape(b, t.shape[1], self.heads, c // self.heads).transpose(1, 2)
 
         out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=mask)
-        out = self.out(out.transpose(1, 2).reshape(b, h * w, c))
-        return x + out.transpose(1, 2).reshape(b, c, h, w)
+        out = self.out(out.transpose(1, 2).reshape(b, h * w, c))  # (B, heads, HW, C/heads) -> (B, HW, C)
+        return x + out.transpose(1, 2).reshape(b, c, h, w)  # (B, HW, C) -> (B, C, H, W)
 
 
 class CaptionEncoder(nn.Module):
@@ -301,7 +304,7 @@ class UNet(nn.Module):
             if drop_image is not None:  # zeroed before both projections: every path sees the null condition
                 image_embed = image_embed * (~drop_image.bool()).to(image_embed.dtype)[:, None]
             emb = emb + self.image_proj(image_embed)
-            tokens = self.image_tokens(image_embed).reshape(batch, c.num_image_tokens, -1)
+            tokens = self.image_tokens(image_embed).reshape(batch, c.num_image_tokens, -1)  # (B, K*D) -> (B, K, D)
             parts.append(tokens)
             masks.append(torch.ones(batch, c.num_image_tokens, dtype=torch.bool, device=tokens.device))
         if self.text_proj is not None:

@@ -7,7 +7,9 @@ Errors of every kind use the OpenAI error body (``dalle2.serve.errors``). Model 
 thread per model, fed by the dynamic batcher (``dalle2.serve.batcher``); seeds and batching are explained
 in ``dalle2.serve.jobs``. Statuses beyond the spec: 413 for a body over the cap, 429 with ``retry-after``
 when a model's queue is full, 503 (``code: "timeout"``, with ``retry-after``) when a request is not done
-within ``timeout_s``.
+within ``timeout_s``, 507 (``code: "insufficient_storage"``) when ``response_format=url`` images cannot be
+stored because the disk is full. A model call that fails only hurts the request at fault (see
+``dalle2.serve.batcher``): 400 if its input was the cause, else 500 with the request id.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,8 +31,8 @@ from dalle2 import __version__
 from dalle2.pipeline import PipelineError
 from dalle2.serve import jobs
 from dalle2.serve.batcher import Batcher, JobTimeout, QueueFull
-from dalle2.serve.errors import ApiError, bad_request, install_error_handlers, too_large
-from dalle2.serve.files import FileStore
+from dalle2.serve.errors import ApiError, bad_request, install_error_handlers, server_error, too_large
+from dalle2.serve.files import FileStore, FileStoreError
 from dalle2.serve.metrics import Metrics
 from dalle2.serve.middleware import ServeMiddleware
 from dalle2.serve.options import MAX_BODY_BYTES, MAX_IMAGE_BYTES, MAX_JSON_BYTES, ServeOptions
@@ -37,7 +40,9 @@ from dalle2.serve.registry import ModelRegistry
 from dalle2.serve.schemas import EDIT_FORM, ERRORS, GENERATION_BODY, VARIATION_FORM, ImagesResponse, Model, ModelList
 from dalle2.serve.uploads import has_alpha, read_png, transparent_pixels
 from dalle2.serve.validation import ImageRequest, parse_request
+from dalle2.text_input import TextError
 
+log = logging.getLogger("dalle2.serve")
 PAGE = Path(__file__).parent / "page"
 STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 MAX_FORM_FILES = 4
@@ -113,12 +118,27 @@ def create_app(models: dict[str, Any], options: ServeOptions | None = None) -> F
                 code="timeout",
                 headers={"retry-after": str(batcher.retry_after_s())},
             ) from None
-        except PipelineError as error:
+        except PipelineError as error:  # the request's input, alone in its call, was at fault
             raise bad_request(str(error), None, "invalid_value") from None
+        except TextError as error:
+            raise bad_request(f"{error}.", "prompt", "invalid_value") from None
         if len(images) != image_request.n:
             raise RuntimeError(f"the model made {len(images)} images, not {image_request.n}")
         base = str(request.base_url)
-        data = await asyncio.to_thread(_encode, image_request, images, files, base)
+        try:
+            data = await asyncio.to_thread(_encode, image_request, images, files, base)
+        except FileStoreError as error:
+            if error.full:
+                raise ApiError(
+                    507,
+                    f"The server's disk is full, so it cannot store the images for response_format=url "
+                    f"({error.reason}). Ask for response_format=b64_json, or try again later.",
+                    type="server_error",
+                    code="insufficient_storage",
+                ) from None
+            log.error("cannot store images in %s: %s (request id %s)", files.folder, error.reason,
+                      getattr(request.state, "request_id", None))  # fmt: skip
+            raise server_error(request, f"cannot store the images for response_format=url: {error.reason}") from None
         metrics.inc("dalle2_images_total", (("model", model.id), ("kind", image_request.kind)), len(images))
         return JSONResponse({"created": int(time.time()), "data": data})
 
@@ -215,13 +235,21 @@ def _read_bytes(path: Path) -> bytes | None:
 
 
 def _encode(request: ImageRequest, images: list[Any], files: FileStore, base_url: str) -> list[dict[str, str]]:
-    data = []
-    for image in images:
-        png = jobs.to_png(image, request.size)
-        if request.response_format == "b64_json":
-            data.append({"b64_json": jobs.b64(png)})
-        else:
-            data.append({"url": f"{base_url}v1/files/{files.save(png)}"})
+    """Response items; if storing one image fails, the ones already stored for this request are removed."""
+    data: list[dict[str, str]] = []
+    saved: list[str] = []
+    try:
+        for image in images:
+            png = jobs.to_png(image, request.size)
+            if request.response_format == "b64_json":
+                data.append({"b64_json": jobs.b64(png)})
+            else:
+                saved.append(files.save(png))
+                data.append({"url": f"{base_url}v1/files/{saved[-1]}"})
+    except BaseException:
+        for name in saved:
+            files.remove(name)
+        raise
     return data
 
 

@@ -12,6 +12,11 @@ Backpressure: at most ``queue_size`` jobs wait per model; :meth:`Batcher.submit`
 beyond that. A job that is not finished ``timeout_s`` after it was submitted raises :class:`JobTimeout`; if it
 was still waiting it is dropped from the queue and never runs (a call already running cannot be stopped: its
 images are discarded).
+
+Fault isolation: when a call with several jobs fails (or gives the wrong number of results), each job still
+waiting is run again alone, one call each, so a bad request fails by itself and every other request of that
+call gets its images. A job that fails alone gets its own exception (the app turns it into a 4xx if the input
+was at fault, else a 500 with the request id).
 """
 
 from __future__ import annotations
@@ -165,21 +170,44 @@ class Batcher:
         self.metrics.observe("dalle2_batch_requests", labels, len(batch), BATCH_BUCKETS)
         start = time.monotonic()
         try:
-            results = await loop.run_in_executor(self.executor, batch[0].run, [j.payload for j in batch])
-            if len(results) != len(batch):
-                raise RuntimeError(f"a batch of {len(batch)} jobs gave {len(results)} results")
-        except Exception as error:  # the call failed: every job in it gets the error
-            for job in batch:
-                if not job.future.done():
-                    job.future.set_exception(error)
+            results = await self._call(loop, batch)
+        except Exception as error:
+            if len(batch) == 1:
+                self._settle(batch[0], error=error)
+            else:  # one bad request must not fail the others: run each one alone
+                self.metrics.inc("dalle2_batch_isolated_total", labels)
+                for job in batch:
+                    if job.future.done():  # timed out or cancelled meanwhile
+                        continue
+                    try:
+                        (result,) = await self._call(loop, [job])
+                    except Exception as alone:
+                        self._settle(job, error=alone)
+                    else:
+                        self._settle(job, result=result)
         else:
             for job, result in zip(batch, results, strict=True):
-                if not job.future.done():
-                    job.future.set_result(result)
+                self._settle(job, result=result)
         seconds = time.monotonic() - start
         self.calls += 1
         self.call_seconds += (seconds - self.call_seconds) / min(self.calls, 20)
         self.metrics.observe("dalle2_model_call_seconds", labels, seconds, LATENCY_BUCKETS)
+
+    async def _call(self, loop: asyncio.AbstractEventLoop, batch: list[Job]) -> Sequence[Any]:
+        """One model call in the worker thread: one result per job, or the call's exception."""
+        results = await loop.run_in_executor(self.executor, batch[0].run, [j.payload for j in batch])
+        if len(results) != len(batch):
+            raise RuntimeError(f"a batch of {len(batch)} jobs gave {len(results)} results")
+        return results
+
+    @staticmethod
+    def _settle(job: Job, *, result: Any = None, error: BaseException | None = None) -> None:
+        if job.future.done():
+            return
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(result)
 
     def _set_depth(self) -> None:
         self.metrics.set("dalle2_queue_depth", (("model", self.name),), len(self.queue))

@@ -3,7 +3,9 @@
 Every error the server sends, its own and FastAPI's / Starlette's (validation, unknown route, wrong method,
 malformed multipart), is ``{"error": {"message", "type", "param", "code"}}`` with the status the OpenAI
 client maps to the right exception class (400 BadRequestError, 401 AuthenticationError, 404 NotFoundError,
-429 RateLimitError, 5xx InternalServerError).
+429 RateLimitError, 5xx InternalServerError). Messages and params are made encodable (a lone surrogate echoed
+from a request becomes a ``\\udxxx`` escape), so rendering an error can never fail in turn. An unexpected
+exception is a 500 whose message carries the request id, the key to its traceback in the server log.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class ApiError(Exception):
         type: str = INVALID_REQUEST,
         headers: dict[str, str] | None = None,
     ) -> None:
+        message, param = _encodable(message), None if param is None else _encodable(param)
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
         self.headers = headers or {}
@@ -44,6 +47,23 @@ class ApiError(Exception):
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def _encodable(text: str) -> str:
+    """``text`` with anything UTF-8 cannot encode (lone surrogates) written as a backslash escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def server_error(request: Request, cause: str = "") -> ApiError:
+    """The 500 for an unexpected failure: says what failed (``cause``, if known) and the request id."""
+    request_id = getattr(request.state, "request_id", None) or "unknown"
+    what = f" ({cause})" if cause else ""
+    return ApiError(
+        500,
+        f"The server had an error while processing your request{what}. If it persists, report the request id "
+        f"{request_id}.",
+        type=SERVER_ERROR,
+    )
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
@@ -107,5 +127,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return ApiError(500, "The server had an error while processing your request.", type=SERVER_ERROR).response()
+        request_id = getattr(request.state, "request_id", None)
+        log.exception("unexpected error on %s %s (request id %s)", request.method, request.url.path, request_id)
+        error = server_error(request)
+        if request_id:  # this handler answers outside the middleware that adds the header to every other response
+            error.headers["x-request-id"] = request_id
+        return error.response()

@@ -3,7 +3,8 @@
 ``dalle2_requests_total{route,method,status}``, ``dalle2_errors_total{route,status,type}``,
 ``dalle2_request_duration_seconds{route}`` (histogram), ``dalle2_queue_depth{model}`` (waiting requests),
 ``dalle2_batch_images{model}`` and ``dalle2_batch_requests{model}`` (histograms: images and requests per model
-call), ``dalle2_model_call_seconds{model}`` (histogram) and ``dalle2_images_total{model,kind}``.
+call), ``dalle2_model_call_seconds{model}`` (histogram), ``dalle2_images_total{model,kind}`` and
+``dalle2_batch_isolated_total{model}`` (merged calls that failed and were rerun one request at a time).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class Metrics:
             "dalle2_batch_images": "Images made per model call",
             "dalle2_batch_requests": "Requests merged into one model call",
             "dalle2_model_call_seconds": "Duration of one model call",
+            "dalle2_batch_isolated_total": "Merged model calls that failed and were rerun one request at a time",
             "dalle2_images_total": "Images made, by model and kind",
         }
 

@@ -17,6 +17,7 @@ from PIL import Image
 
 from dalle2.serve.errors import ApiError, bad_request
 from dalle2.serve.registry import ModelRegistry, ServedModel
+from dalle2.text_input import TextError, check_text
 
 MAX_PROMPT_CHARS = 1000
 MAX_N = 10
@@ -125,6 +126,10 @@ def check_prompt(value: Any) -> str:
     if value is None:
         raise bad_request("'prompt' is a required property", "prompt", "missing_required_parameter")
     prompt = _string(value, "prompt")
+    try:
+        check_text(prompt, "'prompt'")
+    except TextError as error:
+        raise bad_request(f"{error}.", "prompt", "invalid_value") from None
     if not prompt.strip():
         raise bad_request("'prompt' must not be empty: describe the image to make.", "prompt", "invalid_value")
     if len(prompt) > MAX_PROMPT_CHARS:

@@ -199,6 +199,29 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _resume_advice(out: Path, stage: str, error: BaseException, finished: list[str]) -> str | None:
+    """What ``--resume`` would do after ``stage`` failed: continue from its checkpoint, only keep the finished
+    stages (no checkpoint of this one yet), or nothing worth saying (a bad config or dataset, nothing done)."""
+    from dalle2.config import ConfigError
+    from dalle2.data.base import DatasetError
+    from dalle2.text_input import TextError
+
+    if isinstance(error, ConfigError | DatasetError | TextError):  # the input must change first
+        return None
+    if _has_checkpoint(out, stage):
+        return (
+            f"train all: the {stage} stage stopped; rerun with --resume to continue from its last checkpoint "
+            "(finished stages are kept)"
+        )
+    done = [name for name in finished if name not in ("tokenizer", stage)]
+    if done:
+        return (
+            f"train all: the {stage} stage stopped before its first checkpoint; rerun with --resume to keep the "
+            f"finished stages ({', '.join(done)}); the {stage} stage starts over"
+        )
+    return None
+
+
 def train_all(args: argparse.Namespace | dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
     """Run every stage (see the module docstring); returns the summary (also ``OUT/train_all.json``).
 
@@ -206,7 +229,7 @@ def train_all(args: argparse.Namespace | dict[str, Any] | None = None, **kwargs:
     ``resume``, ``max_minutes`` (per stage), ``steps_scale`` (1.0), ``skip_eval``, ``log_with``,
     ``progress``, ``quiet``.
     """
-    from dalle2.config import ConfigError, load_config
+    from dalle2.config import load_config
 
     opts = stage_options(args, kwargs)
     if not opts.get("out"):
@@ -295,13 +318,9 @@ def train_all(args: argparse.Namespace | dict[str, Any] | None = None, **kwargs:
             summary["failed"] = {"stage": stage, "error": f"{type(error).__name__}: {error}"}
             summary["wall_seconds"] = round(time.monotonic() - start, 1)
             _write_summary(out, summary)
-            if not isinstance(error, ConfigError):
-                print(
-                    f"train all: the {stage} stage stopped; rerun with --resume to continue from its last "
-                    "checkpoint (finished stages are kept)",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            advice = _resume_advice(out, stage, error, [e["stage"] for e in summary["stages"]])
+            if advice:
+                print(advice, file=sys.stderr, flush=True)
             raise
         entry = {
             "stage": stage,

@@ -36,8 +36,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from dalle2.gan_pipeline import sentence_embeddings
-from dalle2.models.gan import GanConfig
+from dalle2.models.gan import GanConfig, sentence_embeddings
 from dalle2.models.gan_objective import ObjectiveConfig
 from dalle2.stages.common import default_trackers, merge_overrides, printer, stage_options, train_summary
 

@@ -255,11 +255,37 @@ def load_checkpoint(
     state = read_state(path)
     load_weights(model, path / "model.safetensors", device)
     load_weights(ema_model, path / "ema.safetensors", device)
-    optimizer_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
-    rng_plain = state["rng"]
-    rng_tensors = load_file(str(path / "rng.safetensors"))
-    rng = _rng_from_files(rng_tensors, rng_plain, rank % len(rng_plain))
+    optimizer_file, rng_file = path / "optimizer.pt", path / "rng.safetensors"
+    try:  # weights_only: a pickle placed here is refused, never run
+        optimizer_state = torch.load(optimizer_file, map_location="cpu", weights_only=True)
+        if not isinstance(optimizer_state, dict):
+            raise TypeError(f"holds a {type(optimizer_state).__name__}, not an optimizer state")
+    except Exception as error:  # missing, truncated, not a torch file, or a pickle with other objects
+        raise unreadable_file(optimizer_file, path, error) from None
+    try:
+        rng_plain = state["rng"]
+        rng_tensors = load_file(str(rng_file))
+        rng = _rng_from_files(rng_tensors, rng_plain, rank % len(rng_plain))
+    except Exception as error:
+        raise unreadable_file(rng_file, path, error) from None
     return state, optimizer_state, rng
+
+
+def unreadable_file(file: Path, checkpoint: Path, error: BaseException) -> TrainingError:
+    """The one-line error for a checkpoint file that cannot be read, with the two ways out. Never torch's own
+    advice: for a file refused by ``weights_only=True`` that would be to load it with ``weights_only=False``,
+    which runs whatever code the file holds."""
+    text = str(error).strip()
+    first = text.splitlines()[0].split(". ")[0].strip().rstrip(".") if text else ""
+    if "Unsupported global" in text:  # a pickle of other objects than tensors, numbers and strings
+        first = "it holds Python objects, which are not loaded"
+    elif "weights_only" in first or "weights only" in first.lower():
+        first = "not a torch file, or a damaged one"
+    reason = f"{type(error).__name__}: {first}" if first else type(error).__name__
+    return TrainingError(
+        f"checkpoint file {file} is unreadable ({reason}); start afresh without --resume, or delete "
+        f"{checkpoint} to resume from an older checkpoint"
+    )
 
 
 # -- component folders (what inference loads) ------------------------------------------------------

@@ -63,6 +63,7 @@ from dalle2.training.checkpoint import (
     restore_rng,
     save_checkpoint,
     save_component,
+    unreadable_file,
 )
 from dalle2.training.ema import EMA
 from dalle2.training.errors import TrainingError
@@ -437,13 +438,16 @@ class Trainer:
                 f"{path} was written with optimizer phases {saved or 'none (one loss)'}, this run has "
                 f"{wanted or 'none (one loss)'}; resume it with the stage that wrote it, or start a new folder"
             )
-        if not self.multi_phase:
-            self.optimizer.load_state_dict(optimizer_state)
-            self.scheduler.load_state_dict(scheduler_state)
-            return
-        for phase, optimizer, scheduler in zip(self.phases, self.optimizers, self.schedulers, strict=True):
-            optimizer.load_state_dict(optimizer_state["phases"][phase.name])
-            scheduler.load_state_dict(scheduler_state["phases"][phase.name])
+        try:
+            if not self.multi_phase:
+                self.optimizer.load_state_dict(optimizer_state)
+                self.scheduler.load_state_dict(scheduler_state)
+                return
+            for phase, optimizer, scheduler in zip(self.phases, self.optimizers, self.schedulers, strict=True):
+                optimizer.load_state_dict(optimizer_state["phases"][phase.name])
+                scheduler.load_state_dict(scheduler_state["phases"][phase.name])
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:  # a state of another shape
+            raise unreadable_file(path / "optimizer.pt", path, error) from None
 
     def _data_signature(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,42 @@
+"""What every pipeline family shares: prompt and count checks, and slerp between embeddings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from dalle2.pipeline import PipelineError
+
+__all__ = ["MAX_PROMPT_CHARS", "check_count", "check_prompts", "slerp"]
+
+MAX_PROMPT_CHARS = 1000
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation between (rows of) a and b; returns unit vectors."""
+    a, b = F.normalize(a.float(), dim=-1), F.normalize(b.float(), dim=-1)
+    omega = torch.arccos((a * b).sum(-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7))
+    so = torch.sin(omega)
+    out = (torch.sin((1 - t) * omega) / so) * a + (torch.sin(t * omega) / so) * b
+    return F.normalize(out, dim=-1)
+
+
+def check_prompts(prompts: str | Sequence[str]) -> list[str]:
+    """The prompts as a list; a PipelineError for none, an empty one or one over the length limit."""
+    items = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not items:
+        raise PipelineError("no prompts given")
+    for p in items:
+        if not isinstance(p, str) or not p.strip():
+            raise PipelineError("empty prompt: give a description such as 'a red circle above a blue square'")
+        if len(p) > MAX_PROMPT_CHARS:
+            raise PipelineError(f"prompt of {len(p)} characters; the limit is {MAX_PROMPT_CHARS}")
+    return items
+
+
+def check_count(name: str, value: int, low: int, high: int) -> None:
+    """A PipelineError unless ``value`` is an integer (not a bool) in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise PipelineError(f"{name} must be an integer from {low} to {high}, got {value!r}")
