@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     # train
     train = commands.add_parser(
         "train",
-        help="train a stage (tokenizer, clip, prior, evaluators)",
+        help="train a stage: tokenizer, clip, prior, decoder, upsampler, gan, all (every unCLIP stage), evaluators",
         description="Train a stage.",
         formatter_class=_CommandListFormatter,
     )
@@ -274,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_serve(commands, add)
 
     # eval
-    from dalle2.generate_cli import truncation_value
+    from dalle2.config import SAMPLERS
+    from dalle2.generate_cli import guidance_scale, sampling_steps, truncation_value
 
     p = add(commands, "eval", "score a model, or any program's images, on a benchmark", cmd_eval)
     p.add_argument("model", nargs="?", help="pipeline folder to sample (omit with --images)")
@@ -289,9 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", metavar="FILE", help="prompts.jsonl for --images (from `dalle2 eval-prompts`)")
     p.add_argument("--features", metavar="EVALUATOR", help="feature network for FD/KID/PR (needed for folder:PATH)")
     p.add_argument("--clip", metavar="EVALUATOR", help="evaluation CLIP for CLIP score (default: the dataset's)")
-    p.add_argument("--steps", type=positive_int, help="unCLIP: decoder sampling steps (default: the model's)")
-    p.add_argument("--sampler", choices=("ddpm", "ddim", "dpmpp_2m"), help="unCLIP: decoder sampler")
-    p.add_argument("--guidance", type=float, help="unCLIP: decoder guidance scale")
+    p.add_argument("--steps", type=sampling_steps, help="unCLIP: decoder sampling steps (default: the model's)")
+    p.add_argument("--sampler", choices=SAMPLERS, help="unCLIP: decoder sampler")
+    p.add_argument("--guidance", type=guidance_scale, metavar="G", help="unCLIP: decoder guidance scale, 1 = none")
     p.add_argument("--truncation", type=truncation_value, metavar="T", help="GAN: truncation threshold (default: off)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 

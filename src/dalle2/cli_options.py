@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 
 
@@ -48,14 +49,32 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
-    return value
+def float_range(
+    low: float, high: float | None = None, *, low_open: bool = False, unit: str = "a number", note: str = ""
+) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number from ``low`` (excluded with ``low_open``) to ``high`` (included;
+    no upper bound when None). ``unit`` names what is expected in the error ("a number of seconds"); ``note``
+    is added to the range error, e.g. "1 = no guidance"."""
+    bound = f"greater than {low:g}" if low_open else f"at least {low:g}"
+    if high is not None:
+        bound += f" and at most {high:g}"
+    extra = f" ({note})" if note else ""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {unit}, got {text!r}") from None
+        inside = math.isfinite(value) and (value > low if low_open else value >= low)
+        if not inside or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {bound}{extra}, got {text}")
+        return value
+
+    parse.__name__ = unit
+    return parse
+
+
+positive_float = float_range(0, low_open=True)
 
 
 def add_config_options(

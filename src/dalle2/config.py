@@ -17,6 +17,9 @@ from typing import Any
 
 import yaml
 
+#: the diffusion samplers of the prior and the decoder: one list for dalle2.diffusion and the CLI choices
+SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
+
 
 class ConfigError(ValueError):
     """A preset, YAML file or override is invalid; the message says which and why."""

@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dalle2.config import SAMPLERS  # noqa: F401  (re-exported: dalle2.diffusion.SAMPLERS)
+
 PREDICTIONS = ("eps", "v", "x0")
-SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
 
 ModelFn = Callable[..., Tensor]
 

@@ -26,9 +26,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dalle2.cli_options import HelpFormatter, int_range
+from dalle2.cli_options import HelpFormatter, float_range, int_range
+from dalle2.config import SAMPLERS
 
-SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")  # = dalle2.diffusion.SAMPLERS (not imported: it pulls in torch)
 MAX_STEPS = 1000  # sampling steps, as UnclipPipeline accepts
 MAX_SEED = 2**63 - 1
 MAX_GRID_PROMPTS = 16  # more prompts than this imply --separate
@@ -47,38 +47,15 @@ class GenerateError(ValueError):
 # ---------------------------------------------------------------------------------------- option types
 
 
-def guidance_scale(text: str) -> float:
-    """A classifier-free guidance scale: a finite number >= 0 (1 = no guidance)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0 (1 = no guidance), got {text}")
-    return value
-
-
-def _unit_interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be greater than 0 and at most 1, got {text}")
-    return value
+guidance_scale = float_range(0, note="1 = no guidance")  # a classifier-free guidance scale
+_unit_interval = float_range(0, 1, low_open=True)
 
 
 def truncation_value(text: str) -> float:
     """A GAN truncation threshold: a number in (0, 10] (noise components beyond it are redrawn)."""
     from dalle2.gan_pipeline import MAX_TRUNCATION
 
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < value <= MAX_TRUNCATION:
-        raise argparse.ArgumentTypeError(f"must be greater than 0 and at most {MAX_TRUNCATION:g}, got {text}")
-    return value
+    return float_range(0, MAX_TRUNCATION, low_open=True)(text)
 
 
 sampling_steps = int_range(1, MAX_STEPS)
@@ -388,10 +365,10 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
         raise GenerateError(f"--{', --'.join(g.replace('_', '-') for g in given)}: only for unCLIP pipelines")
     start = time.monotonic()
     if args.prompt is not None:
-        images = pipe.interpolate_noise(args.prompt, args.steps, args.seed)
+        images = pipe.interpolate_noise(args.prompt, args.frames, args.seed)
         what = f"{len(images)} steps through the noise of {args.prompt!r}"
     else:
-        images = pipe.interpolate_text(args.from_prompt, args.to_prompt, args.steps, args.seed)
+        images = pipe.interpolate_text(args.from_prompt, args.to_prompt, args.frames, args.seed)
         what = f"{len(images)} steps from {args.from_prompt!r} to {args.to_prompt!r}"
     seconds = time.monotonic() - start
     _save(_grid(images, args.cell or default_cell(pipe.resolution), ncols=len(images)), path)
@@ -407,7 +384,7 @@ def _interpolate_images(args: argparse.Namespace) -> None:
         hint = "; interpolate prompts with --prompt or --from-prompt/--to-prompt" if kind == "gan" else ""
         raise GenerateError(f"{args.model} is a {kind!r} pipeline, which has no image interpolation{hint}")
     start = time.monotonic()
-    images = pipe.interpolate(a, b, args.steps, args.seed, sample_steps=args.sample_steps, guidance=args.guidance)
+    images = pipe.interpolate(a, b, args.frames, args.seed, sample_steps=args.sample_steps, guidance=args.guidance)
     seconds = time.monotonic() - start
     _save(_grid(images, args.cell or default_cell(pipe.resolution), ncols=len(images)), path)
     _report(f"{len(images)} steps from {args.a} to {args.b}", path, len(images), pipe, args.seed, seconds)
@@ -426,7 +403,7 @@ def cmd_text_diff(args: argparse.Namespace) -> None:
         image,
         args.from_text,
         args.to_text,
-        args.steps,
+        args.frames,
         args.seed,
         max_theta=args.max_theta,
         sample_steps=args.sample_steps,
@@ -588,8 +565,8 @@ def register(commands: Any, add: AddCommand) -> None:
         "                           GAN: one noise (from --seed), the CLIP sentence embedding slerped\n"
         "                           from the first prompt's to the second's",
         cmd_interpolate,
-        "examples:\n  dalle2 interpolate a.png b.png --model runs/shapes --steps 8 -o interp.png\n"
-        '  dalle2 interpolate --model runs/gan --prompt "a red circle" --steps 8\n'
+        "examples:\n  dalle2 interpolate a.png b.png --model runs/shapes --frames 8 -o interp.png\n"
+        '  dalle2 interpolate --model runs/gan --prompt "a red circle" --frames 8\n'
         '  dalle2 interpolate --model runs/gan --from-prompt "a red circle" --to-prompt "a blue square"',
     )
     p.add_argument("a", metavar="A", nargs="?", help="first image file (unCLIP)")
@@ -598,7 +575,8 @@ def register(commands: Any, add: AddCommand) -> None:
     p.add_argument("--from-prompt", metavar="TEXT", help="GAN: interpolate the text from this prompt ...")
     p.add_argument("--to-prompt", metavar="TEXT", help="... to this one")
     _add_model_options(p, "interp.png")
-    p.add_argument("--steps", type=int_range(2, 64), default=8, help="number of images along the way, ends included")
+    p.add_argument("--frames", type=int_range(2, 64), default=8, help="number of images along the way, ends included")
+    p.add_argument("--steps", dest="frames", type=int_range(2, 64), help=argparse.SUPPRESS)  # the old name of --frames
     _add_decoder_options(p, "--sample-steps")
 
     p = command(
@@ -606,7 +584,7 @@ def register(commands: Any, add: AddCommand) -> None:
         "change an image along a text direction",
         "Text diffs (DALL·E 2 paper, section 3): rotate the image's CLIP embedding towards the normalised\n"
         "difference of the --to and --from text embeddings, angle 0 to --max-theta, each step decoded from\n"
-        "the same noise. Writes one row of --steps images, the unchanged image's decoding first.",
+        "the same noise. Writes one row of --frames images, the unchanged image's decoding first.",
         cmd_text_diff,
         'example:\n  dalle2 text-diff shape.png --from "a red circle" --to "a blue circle" --model runs/shapes',
     )
@@ -614,7 +592,8 @@ def register(commands: Any, add: AddCommand) -> None:
     p.add_argument("--from", dest="from_text", required=True, metavar="TEXT", help="text describing the image now")
     p.add_argument("--to", dest="to_text", required=True, metavar="TEXT", help="text describing the change")
     _add_model_options(p, "diff.png")
-    p.add_argument("--steps", type=int_range(2, 64), default=6, help="number of images, the unchanged one included")
+    p.add_argument("--frames", type=int_range(2, 64), default=6, help="number of images, the unchanged one included")
+    p.add_argument("--steps", dest="frames", type=int_range(2, 64), help=argparse.SUPPRESS)  # the old name of --frames
     p.add_argument("--max-theta", type=_unit_interval, default=0.5, help="largest rotation (fraction of 90 degrees)")
     _add_decoder_options(p, "--sample-steps")
 

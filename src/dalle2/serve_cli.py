@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import argparse
 import errno
-import math
 import os
 from pathlib import Path
 from typing import Any
 
-from dalle2.cli_options import int_range
+from dalle2.cli_options import float_range, int_range
 
 API_KEY_ENV = "DALLE2_API_KEY"
 
@@ -36,21 +35,8 @@ examples:
 print(c.images.generate(prompt='a red circle', size='256x256').data[0].url)\""""
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
-
-
-def _positive_seconds(text: str) -> float:
-    value = _seconds(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be more than 0 seconds")
-    return value
+_seconds = float_range(0, unit="a number of seconds")
+_positive_seconds = float_range(0, low_open=True, unit="a number of seconds")
 
 
 def _size(text: str) -> str:
