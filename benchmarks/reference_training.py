@@ -85,9 +85,9 @@ def _batch(generator):
 
 def ours_model():
     from dalle2.models.decoder import DiffusionConfig, ImageDiffusion
-    from dalle2.stages.image_stage import IMAGE_STAGE_PRESETS
+    from dalle2.presets import STAGE_PRESETS
 
-    spec = IMAGE_STAGE_PRESETS["decoder"]["cpu"]["model"]
+    spec = STAGE_PRESETS["decoder"]["cpu"]["model"]
     net = {**spec["net"], "image_size": SIZE, "embed_dim": EMBED, "context_dim": WIDTH}
     if net.get("caption_layers"):
         net.update(caption_vocab=VOCAB, caption_length=TOKENS)

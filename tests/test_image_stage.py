@@ -173,3 +173,24 @@ def test_self_conditioned_decoder_trains_saves_and_generates(tmp_path):
     images = pipe(["a red circle", "three green stars"], n=1, seed=0)
     assert [im.size for im in images] == [(pipe.resolution, pipe.resolution)] * 2
     assert np.abs(np.asarray(images[0], dtype=float) - np.asarray(images[1], dtype=float)).mean() > 0.5
+
+
+@pytest.mark.parametrize("stage", ["decoder", "upsampler"])
+def test_data_num_workers_reaches_the_loader(tmp_path, monkeypatch, stage):
+    """Issue 22: the image stages ignored data.num_workers (the gpu preset's 8 workers never ran)."""
+    import dalle2.training.trainer as trainer_module
+
+    seen: dict = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_trainer(*args, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(trainer_module, "Trainer", fake_trainer)
+    run = train_decoder if stage == "decoder" else train_upsampler
+    with pytest.raises(Stop):
+        run(out=str(_copy(tmp_path)), overrides=["data.num_workers=3"], **TINY)
+    assert seen["num_workers"] == 3

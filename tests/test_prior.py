@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from dalle2.models.prior import (
-    PRESETS,
     DiffusionPrior,
     EmbeddingStats,
     PriorConfig,
@@ -15,8 +14,9 @@ from dalle2.models.prior import (
     prior_report,
     rerank,
 )
+from dalle2.presets import STAGE_PRESETS
 
-CFG = PRESETS["tiny"]
+CFG = prior_config("tiny")
 
 
 def synthetic_pairs(n: int, seed: int, cfg: PriorConfig = CFG):
@@ -39,7 +39,7 @@ def _model(seed=0, **over):
 
 
 def test_presets_and_bad_names():
-    assert set(PRESETS) == {"tiny", "cpu", "gpu"}
+    assert set(STAGE_PRESETS["prior"]) == {"tiny", "cpu", "gpu"}
     with pytest.raises(ValueError, match="preset"):
         prior_config("huge")
     with pytest.raises(ValueError, match="sampler"):

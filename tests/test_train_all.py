@@ -185,9 +185,9 @@ def test_cli_refuses_used_folder(tmp_path, capsys):
 def test_steps_scale(tmp_path):
     assert scaled_max_steps("decoder", "tiny", None, [], 1.0) == 4  # the stage preset's
     assert scaled_max_steps("decoder", "tiny", None, [], 0.5) == 2
-    from dalle2.models.clip import CLIP_TRAIN_PRESETS
+    from dalle2.presets import STAGE_PRESETS
 
-    assert scaled_max_steps("clip", "cpu", None, [], 2.0) == 2 * CLIP_TRAIN_PRESETS["cpu"]["max_steps"]
+    assert scaled_max_steps("clip", "cpu", None, [], 2.0) == 2 * STAGE_PRESETS["clip"]["cpu"]["train"]["max_steps"]
     assert scaled_max_steps("prior", "cpu", None, [], 0.1) == 60
     assert scaled_max_steps("upsampler", "tiny", None, [], 0.01) == 1  # at least one step
     # the base is the resolved value: --set / --config win over the preset

@@ -169,7 +169,66 @@ def cmd_eval_prompts(args: argparse.Namespace) -> None:
 
 
 def cmd_config(args: argparse.Namespace) -> None:
-    print(_resolve_config(args).to_yaml(), end="")
+    print(config_report(args.preset, args.config, args.overrides), end="")
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def config_report(preset: str, config_path: str | None, sets: list[str]) -> str:
+    """YAML of every section training uses for ``preset``, each resolved by the stage's own resolver
+    (:func:`dalle2.config.resolve_stage`): the shared ``data`` and ``text``, each stage's ``train`` and
+    each stage's own section (model keys and stage keys together, as the stage prints it)."""
+    from dataclasses import MISSING, fields
+
+    import yaml
+
+    from dalle2.config import PRIOR_FROM_CLIP, ConfigError, resolve_stage
+    from dalle2.models.decoder import DiffusionConfig
+    from dalle2.presets import STAGE_PRESETS, STAGES
+    from dalle2.stages.gan_stage import resolve as resolve_gan
+
+    stages = [stage for stage in STAGES if preset in STAGE_PRESETS[stage]]
+    if not stages:
+        resolve_stage("clip", preset)  # the shared "unknown preset" error
+    resolved = {}
+    for stage in stages:
+        if stage == "gan":  # the GAN stage also builds its networks once to check the keys
+            config, section = resolve_gan({"preset": preset, "config": config_path, "overrides": sets})
+            keys: dict = {}
+        else:
+            config, section, keys = resolve_stage(stage, preset, config_path, sets)
+        if stage == "prior":
+            section = {k: v for k, v in section.items() if k not in PRIOR_FROM_CLIP}
+        elif stage in ("decoder", "upsampler"):
+            defaults = {
+                f.name: f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+                for f in fields(DiffusionConfig)
+                if f.name != "role"
+            }
+            section = {**defaults, **section}
+        resolved[stage] = (config.to_dict(), {**section, **keys})
+    report: dict = {"preset": preset}
+    for shared in ("data", "text"):
+        values = {stage: config[shared] for stage, (config, _) in resolved.items()}
+        first = next(iter(values.values()))
+        report[shared] = first if all(v == first for v in values.values()) else values
+    report["train"] = {stage: config["train"] for stage, (config, _) in resolved.items()}
+    report.update({stage: section for stage, (_, section) in resolved.items()})
+    if not report["train"]:
+        raise ConfigError(f"preset {preset!r}: no stage uses it")
+    header = (
+        f"# every section `dalle2 train STAGE --preset {preset}` uses, resolved as that stage resolves it\n"
+        "# (preset < --config < --set; a stage's --max-steps, --data... win over these). Sizes taken from the\n"
+        "# CLIP and the data (prior embed_dim, text_width, max_text_len; the networks' image and embedding\n"
+        "# sizes) are filled in when the stage runs.\n"
+    )
+    return header + yaml.safe_dump(_plain(report), sort_keys=False, default_flow_style=None)
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -316,8 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
 
     # config
-    p = add(commands, "config", "print the resolved configuration (preset < YAML < --set)", cmd_config)
-    add_config_options(p)
+    p = add(commands, "config", "print every stage's resolved configuration (preset < YAML < --set)", cmd_config)
+    add_config_options(p, example="decoder.guidance_scale=2", presets="tiny, cpu, gpu (article: the GAN's)")
     return parser
 
 

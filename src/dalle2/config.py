@@ -1,6 +1,8 @@
-"""Typed configuration: one dataclass per component, named presets, YAML and CLI overrides.
+"""Typed configuration: one dataclass per shared section, YAML and CLI overrides, and the one resolver
+every training stage uses (:func:`resolve_stage`).
 
-Precedence, lowest to highest: preset defaults < YAML file < ``--set section.key=value`` options.
+Precedence, lowest to highest: preset defaults (all of them in :mod:`dalle2.presets`) < YAML file <
+``--set section.key=value`` < dedicated options (``--max-steps``, ``--data``...).
 The resolved config is printed at the start of every run and saved beside every output.
 """
 
@@ -16,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from dalle2.presets import BASE, STAGE_PRESETS, STAGES
 
 #: the diffusion samplers of the prior and the decoder: one list for dalle2.diffusion and the CLI choices
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
@@ -90,20 +94,8 @@ class Config:
         Path(path).write_text(self.to_yaml())
 
 
-# Each preset is a set of overrides on the dataclass defaults (which are the `cpu` preset).
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "tiny": {
-        "data": {"resolution": 16, "output_resolution": 32},
-        "text": {"vocab_size": 300, "max_length": 24},
-        "train": {"batch_size": 8, "max_steps": 20, "checkpoint_every": 10},
-    },
-    "cpu": {},
-    "gpu": {
-        "data": {"resolution": 64, "output_resolution": 256, "num_workers": 8},
-        "text": {"vocab_size": 8000, "max_length": 64},
-        "train": {"batch_size": 256, "max_steps": 200_000, "checkpoint_every": 5000, "mixed_precision": "bf16"},
-    },
-}
+#: the shared sections per preset (overrides on the dataclass defaults); see :mod:`dalle2.presets`
+PRESETS: dict[str, dict[str, dict[str, Any]]] = BASE
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
@@ -127,7 +119,9 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-    names = " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
+    names = " or ".join(
+        "null" if o is type(None) else "true or false" if o is bool else getattr(o, "__name__", str(o)) for o in options
+    )
     raise ConfigError(f"{where} must be {names}, got {value!r}")
 
 
@@ -225,29 +219,36 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, dict[str, A
     return nested
 
 
+def _check_preset(preset: str, presets: Any) -> None:
+    if preset not in presets:
+        hint = difflib.get_close_matches(preset, presets, n=1)
+        raise ConfigError(
+            f"unknown preset {preset!r}; choose one of {', '.join(presets)}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        )
+
+
+def _read_yaml(yaml_path: str | Path) -> Any:
+    path = Path(yaml_path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        return load_yaml(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+
+
 def load_config(
     preset: str = "cpu",
     yaml_path: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] | dict[str, dict[str, Any]] = (),
 ) -> Config:
     """Resolve a config: preset, then the YAML file, then CLI overrides (highest precedence)."""
-    if preset not in PRESETS:
-        hint = difflib.get_close_matches(preset, PRESETS, n=1)
-        raise ConfigError(
-            f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}"
-            + (f" (did you mean {hint[0]!r}?)" if hint else "")
-        )
+    _check_preset(preset, PRESETS)
     config = Config(preset=preset)
     _apply(config, PRESETS[preset], f"preset {preset!r}")
     if yaml_path is not None:
-        path = Path(yaml_path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = load_yaml(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML: {error}") from None
-        _apply(config, data, str(path))
+        _apply(config, _read_yaml(yaml_path), str(Path(yaml_path)))
     if not isinstance(overrides, dict):
         overrides = parse_overrides(overrides)
     _apply(config, overrides, "command line")
@@ -286,3 +287,186 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     _apply(config, data, "saved config")
     validate(config)
     return config
+
+
+# -- the stages' resolver ------------------------------------------------------------------------------
+
+#: dedicated stage options (``--max-steps`` ...) and the key each one sets, above ``--set``
+STAGE_OPTIONS = {
+    "max_steps": "train.max_steps",
+    "max_minutes": "train.max_minutes",
+    "data": "data.dataset",
+    "text_encoder": "clip.text_encoder",
+}
+#: prior keys that always come from the CLIP (its joint embedding size, text width and tokenizer length)
+PRIOR_FROM_CLIP = ("embed_dim", "text_width", "max_text_len")
+
+
+def merge_sources(
+    stage: str, defaults: dict[str, dict[str, Any]], config_path: str | Path | None, sets: list[str] | tuple[str, ...]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``defaults`` < YAML file < ``--set``, as (overrides for :func:`load_config`, the ``stage``'s own
+    section). The other stages' sections (a shared YAML, e.g. ``train all --config``) are dropped."""
+    overrides: dict[str, Any] = {name: dict(values) for name, values in defaults.items()}
+    if config_path is not None:
+        loaded = _read_yaml(config_path)
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{Path(config_path)}: expected a mapping of sections")
+        for name, values in loaded.items():
+            if isinstance(values, dict):
+                overrides.setdefault(name, {}).update(values)
+            else:
+                overrides[name] = values
+    for name, values in parse_overrides(list(sets)).items():
+        overrides.setdefault(name, {}).update(values)
+    known = [f.name for f in fields(Config) if dataclasses.is_dataclass(f.default_factory)]  # type: ignore[arg-type]
+    known += [*STAGES, "preset"]
+    for name in overrides:
+        if name not in known:
+            hint = difflib.get_close_matches(name, known, n=1)
+            raise ConfigError(
+                f"command line: unknown config section {name!r}"
+                + (f" (did you mean {hint[0]!r}?)" if hint else f"; sections: {', '.join(known[:-1])}")
+            )
+    own = overrides.pop(stage, {})
+    if not isinstance(own, dict):
+        raise ConfigError(f"section {stage!r} must be a mapping")
+    for name in STAGES:
+        overrides.pop(name, None)
+    overrides.pop("preset", None)
+    return overrides, own
+
+
+def resolve_stage(
+    stage: str,
+    preset: str = "cpu",
+    config_path: str | Path | None = None,
+    sets: list[str] | tuple[str, ...] = (),
+    options: dict[str, Any] | None = None,
+) -> tuple[Config, dict[str, Any], dict[str, Any]]:
+    """One stage's configuration: its preset (:data:`dalle2.presets.STAGE_PRESETS`) < ``config_path`` YAML
+    < ``sets`` (``section.key=value``) < ``options`` (keys of :data:`STAGE_OPTIONS`; None = not given).
+
+    Returns (the shared :class:`Config`, the stage's section, its stage keys): ``clip`` ->
+    :class:`~dalle2.models.clip.ClipConfig` as a dict, no stage keys; ``prior`` -> every
+    :class:`~dalle2.models.prior.PriorConfig` field (the CLIP's sizes are filled in by the stage) and
+    pool_size / eval_samples / ema_decay; ``decoder`` / ``upsampler`` -> the DiffusionConfig keys the
+    preset and overrides set (``net`` included, sizes filled in by the stage) and ema_decay /
+    eval_samples; ``gan`` -> every key of :data:`dalle2.presets.GAN_DEFAULTS`, no stage keys (the GAN
+    stage checks the networks built from them)."""
+    if stage not in STAGE_PRESETS:
+        raise ConfigError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+    presets = STAGE_PRESETS[stage]
+    _check_preset(preset, presets)
+    spec = presets[preset]
+    defaults = {"train": spec["train"], **({"data": spec["data"]} if spec.get("data") else {})}
+    overrides, own = merge_sources(stage, defaults, config_path, sets)
+    for option, dotted in STAGE_OPTIONS.items():
+        value = (options or {}).get(option)
+        if value is None:
+            continue
+        section, _, key = dotted.partition(".")
+        if section == stage:
+            own[key] = value
+        elif section not in STAGES:
+            overrides.setdefault(section, {})[key] = value
+    config = load_config(spec.get("base", preset), None, overrides)
+    config.preset = preset
+    section, keys = _SECTIONS[stage](stage, spec, own)
+    return config, section, keys
+
+
+def _clip_section(stage: str, spec: dict[str, Any], own: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    from dalle2.models.clip import clip_config
+
+    return asdict(clip_config(spec["model"], own)), dict(spec["stage"])
+
+
+def _prior_section(stage: str, spec: dict[str, Any], own: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    from dalle2.models.prior import PriorConfig
+
+    keys = dict(spec["stage"])
+    model = asdict(PriorConfig(**spec["model"]))
+    for key, value in own.items():
+        if key in keys:
+            default = keys[key]
+            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if isinstance(value, bool) or not isinstance(value, type(default)):
+                raise ConfigError(f"prior.{key} must be {type(default).__name__}, got {value!r}")
+            keys[key] = value
+        elif key in model:
+            if key in PRIOR_FROM_CLIP:
+                raise ConfigError(f"prior.{key} is taken from the CLIP (OUT/clip); it cannot be set")
+            model[key] = value
+        else:
+            settable = [*keys, *sorted(set(model) - set(PRIOR_FROM_CLIP))]
+            raise ConfigError(f"unknown key prior.{key}; keys: {', '.join(settable)}")
+    if keys["pool_size"] < 1 or keys["eval_samples"] < 2:
+        raise ConfigError("prior.pool_size must be >= 1 and prior.eval_samples >= 2")
+    return model, keys
+
+
+def _image_section(stage: str, spec: dict[str, Any], own: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    import copy
+
+    from dalle2.models.decoder import DiffusionConfig
+
+    model = copy.deepcopy(spec["model"])
+    keys = dict(spec["stage"])
+    model_keys = set(DiffusionConfig.__dataclass_fields__)
+    if own.get("arch", model["arch"]) != model["arch"]:  # another network: the preset's net keys do not apply
+        model["net"] = {}
+    for key, value in own.items():
+        if key.startswith("net."):
+            model["net"][key[4:]] = value
+        elif key == "net" and isinstance(value, dict):
+            model["net"].update(value)
+        elif key in keys:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{stage}.{key} must be a number, got {value!r}")
+            keys[key] = type(keys[key])(value)
+        elif key in model_keys and key not in ("role", "net"):
+            model[key] = value
+        else:
+            raise ConfigError(
+                f"unknown key {stage}.{key}; keys: {', '.join(sorted([*keys, *(model_keys - {'role', 'net'})]))}, "
+                "net.<network key>"
+            )
+    return model, keys
+
+
+def _gan_section(stage: str, spec: dict[str, Any], own: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    import copy
+
+    from dalle2.presets import GAN_DEFAULTS
+
+    keys = {**copy.deepcopy(GAN_DEFAULTS), **copy.deepcopy(spec["model"])}
+    for key, value in own.items():
+        if key not in GAN_DEFAULTS:
+            hint = difflib.get_close_matches(key, GAN_DEFAULTS, n=1)
+            raise ConfigError(
+                f"unknown key gan.{key}"
+                + (f" (did you mean gan.{hint[0]}?)" if hint else f"; keys: {', '.join(GAN_DEFAULTS)}")
+            )
+        keys[key] = _coerce_like(f"gan.{key}", value, GAN_DEFAULTS[key])
+    return keys, dict(spec["stage"])
+
+
+def _coerce_like(where: str, value: Any, default: Any) -> Any:
+    """``value`` checked against the type of ``default`` (:func:`_coerce`'s rules; a list default takes a
+    non-empty list of positive whole numbers)."""
+    if isinstance(default, list):
+        if not isinstance(value, list) or not value or not all(isinstance(v, int) and v >= 1 for v in value):
+            raise ConfigError(f"{where} must be a list of positive whole numbers, got {value!r}")
+        return list(value)
+    return _coerce(value, type(default), where)
+
+
+_SECTIONS = {
+    "clip": _clip_section,
+    "prior": _prior_section,
+    "decoder": _image_section,
+    "upsampler": _image_section,
+    "gan": _gan_section,
+}

@@ -52,13 +52,13 @@ from safetensors.torch import load_model
 from torch import nn
 
 __all__ = [
-    "CLIP_PRESETS",
     "ClipConfig",
     "ClipError",
     "ClipModel",
     "ConvImageTower",
     "ConvTowerConfig",
     "clip_loss",
+    "clip_config",
     "clip_preset",
     "minilm_path",
 ]
@@ -79,7 +79,7 @@ class ClipError(ValueError):
 @dataclass
 class ClipConfig:
     """CLIP hyper-parameters (the ``clip`` config section). Training length, batch size and LR live in
-    ``train`` (see :data:`CLIP_TRAIN_PRESETS` for the CLIP stage's defaults)."""
+    ``train``; every preset's values are in :data:`dalle2.presets.STAGE_PRESETS`."""
 
     embed_dim: int = 128  # joint embedding (projection) size
     text_encoder: str = "clip"  # "clip" (trained CLIP text transformer) | "minilm" (frozen + projection)
@@ -111,48 +111,20 @@ class ClipConfig:
     conv_pool: str = "attention"  # "attention" (CLIP's AttentionPool2d) | "mean"
 
 
-CLIP_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {
-        "embed_dim": 32,
-        "text_width": 32,
-        "text_layers": 1,
-        "text_heads": 2,
-        "vision_width": 32,
-        "vision_layers": 1,
-        "vision_heads": 2,
-        "eval_samples": 40,
-        "ema_decay": 0.9,
-        "conv_widths": [8, 16],
-        "conv_blocks": 1,
-    },
-    "cpu": {"patch_size": 8},  # 16 tokens at 32x32: 4x faster than patch 4, better after equal time
-    "gpu": {
-        "embed_dim": 256,
-        "text_width": 256,
-        "text_layers": 6,
-        "text_heads": 8,
-        "vision_width": 256,
-        "vision_layers": 6,
-        "vision_heads": 8,
-        "patch_size": 8,
-        "eval_samples": 2000,
-    },
-}
-
-#: The CLIP stage's training defaults per preset (override ``train.*`` in the main config; ``--set``,
-#: ``--config`` and ``--max-steps`` still win).
-CLIP_TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"batch_size": 8, "max_steps": 4, "checkpoint_every": 2, "learning_rate": 1e-3},
-    "cpu": {"batch_size": 64, "max_steps": 1500, "checkpoint_every": 250, "learning_rate": 1e-3},
-    "gpu": {"batch_size": 512, "max_steps": 50_000, "checkpoint_every": 2000, "learning_rate": 5e-4},
-}
-
-
 def clip_preset(preset: str, updates: dict[str, Any] | None = None) -> ClipConfig:
-    """The ``clip`` section for ``preset`` with ``updates`` (from YAML / ``--set clip.key=value``) applied."""
-    if preset not in CLIP_PRESETS:
-        raise ClipError(f"unknown preset {preset!r}; choose one of {', '.join(CLIP_PRESETS)}")
-    config = ClipConfig(**copy.deepcopy(CLIP_PRESETS[preset]))
+    """The ``clip`` section of ``preset`` (:data:`dalle2.presets.STAGE_PRESETS`) with ``updates`` (from YAML /
+    ``--set clip.key=value``) applied."""
+    from dalle2.presets import STAGE_PRESETS
+
+    presets = STAGE_PRESETS["clip"]
+    if preset not in presets:
+        raise ClipError(f"unknown preset {preset!r}; choose one of {', '.join(presets)}")
+    return clip_config(presets[preset]["model"], updates)
+
+
+def clip_config(preset_values: dict[str, Any], updates: dict[str, Any] | None = None) -> ClipConfig:
+    """A checked :class:`ClipConfig`: the dataclass defaults < ``preset_values`` < ``updates``."""
+    config = ClipConfig(**copy.deepcopy(preset_values))
     known = {f.name: f for f in fields(ClipConfig)}
     for key, value in (updates or {}).items():
         if key not in known:

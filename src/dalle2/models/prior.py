@@ -66,23 +66,14 @@ class PriorConfig:
         return cls(**check_fields(cls, d))
 
 
-PRESETS: dict[str, PriorConfig] = {
-    "tiny": PriorConfig(
-        embed_dim=16, text_width=16, max_text_len=4, num_layers=2, num_heads=2, head_dim=16,
-        sample_steps=10,
-    ),
-    "cpu": PriorConfig(),
-    "gpu": PriorConfig(
-        embed_dim=512, text_width=512, max_text_len=77, num_layers=12, num_heads=12, head_dim=64,
-        sample_steps=64,
-    ),
-}  # fmt: skip
-
-
 def prior_config(preset: str, **overrides) -> PriorConfig:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown prior preset {preset!r}; choose one of {sorted(PRESETS)}")
-    return PriorConfig.from_dict({**asdict(PRESETS[preset]), **overrides})
+    """The prior of ``preset`` (:data:`dalle2.presets.STAGE_PRESETS`) with ``overrides``."""
+    from dalle2.presets import STAGE_PRESETS
+
+    presets = STAGE_PRESETS["prior"]
+    if preset not in presets:
+        raise ValueError(f"unknown prior preset {preset!r}; choose one of {sorted(presets)}")
+    return PriorConfig.from_dict({**asdict(PriorConfig(**presets[preset]["model"])), **overrides})
 
 
 @dataclass

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dalle2.stages.common import merge_overrides, printer, stage_options
+from dalle2.stages.common import printer, stage_options
 
 __all__ = ["STAGES", "TrainAllError", "stage_done", "train_all"]
 
@@ -65,40 +65,21 @@ def _has_checkpoint(out: Path, stage: str) -> bool:
     return latest_checkpoint(out / "training" / stage / "checkpoints") is not None
 
 
-def _train_defaults(stage: str, preset: str) -> dict[str, Any]:
-    """The stage's own train-section defaults for ``preset`` (what the stage merges under YAML and --set)."""
-    if stage == "clip":
-        from dalle2.models.clip import CLIP_TRAIN_PRESETS
-
-        return CLIP_TRAIN_PRESETS[preset]
-    if stage == "prior":
-        from dalle2.stages.prior_stage import PRIOR_TRAIN_PRESETS
-
-        return PRIOR_TRAIN_PRESETS[preset]
-    from dalle2.stages.image_stage import IMAGE_STAGE_PRESETS
-
-    return IMAGE_STAGE_PRESETS[stage][preset]["train"]
-
-
 def scaled_max_steps(stage: str, preset: str, config: str | None, sets: list[str], scale: float) -> int:
     """The stage's resolved ``train.max_steps`` (preset < YAML < --set), times ``scale``, at least 1."""
-    from dalle2.config import load_config
+    from dalle2.config import resolve_stage
 
-    others = tuple(s for s in (*STAGES, "gan") if s != stage)
-    overrides, _ = merge_overrides(_train_defaults(stage, preset), config, sets, stage, ignore=others)
-    base = load_config(preset, None, overrides).train.max_steps
+    base = resolve_stage(stage, preset, config, sets)[0].train.max_steps
     return max(1, int(round(base * scale)))
 
 
-def validate_sections(preset: str, config: str | None, sets: list[str], data: str | None) -> None:
+def validate_sections(preset: str, config: str | None, sets: list[str], data: str | None) -> dict[str, Any]:
     """Resolve every stage's configuration now, so that a typo in the decoder's section fails before the
-    CLIP has trained for an hour (network sizes that depend on the CLIP are checked by the stage itself)."""
-    from dalle2.stages import clip_stage, image_stage, prior_stage
+    CLIP has trained for an hour (network sizes that depend on the CLIP are checked by the stage itself).
+    Returns ``{stage: (Config, section, stage keys)}``."""
+    from dalle2.config import resolve_stage
 
-    clip_stage._resolve(preset, config, sets, None, None, data, None)
-    prior_stage._resolve(preset, config, sets, None, None, data)
-    for stage in ("decoder", "upsampler"):
-        image_stage._resolve(stage, {"preset": preset, "config": config, "overrides": sets, "data": data})
+    return {stage: resolve_stage(stage, preset, config, sets, {"data": data}) for stage in STAGES}
 
 
 # -- headline numbers ----------------------------------------------------------------------------------
@@ -264,17 +245,16 @@ def train_all(args: argparse.Namespace | dict[str, Any] | None = None, **kwargs:
         "resume": resume,
     }
     # resolve every stage's configuration and step count up front: a bad --config / --set fails at once
-    validate_sections(preset, opts.get("config"), sets, opts.get("data"))
+    resolved = validate_sections(preset, opts.get("config"), sets, opts.get("data"))
     max_steps: dict[str, int | None] = {s: None for s in STAGES}
     if scale != 1.0:
         for stage in STAGES:
             max_steps[stage] = scaled_max_steps(stage, preset, opts.get("config"), sets, scale)
 
-    shared, _ = merge_overrides({}, opts.get("config"), sets, "clip", ignore=(*STAGES, "gan"))  # the non-stage sections
     summary: dict[str, Any] = {
         "out": str(out),
         "preset": preset,
-        "data": opts.get("data") or load_config(preset, None, shared).data.dataset,
+        "data": resolved["clip"][0].data.dataset,
         "steps_scale": scale,
         "stages": [],
         "wall_seconds": 0.0,

@@ -30,9 +30,9 @@ from typing import Any
 import torch
 import yaml
 
-from dalle2.models.clip import CLIP_TRAIN_PRESETS, ClipConfig, ClipError, ClipModel, clip_preset
+from dalle2.models.clip import ClipConfig, ClipError, ClipModel
 from dalle2.pipeline import FORMAT, FORMAT_VERSION
-from dalle2.stages.common import default_trackers, merge_overrides, printer, stage_options, train_summary
+from dalle2.stages.common import default_trackers, printer, stage_options, train_summary
 
 __all__ = ["evaluate_clip", "train_clip", "write_model_index"]
 
@@ -57,25 +57,11 @@ def _resolve(
     data: str | None,
     text_encoder: str | None,
 ) -> tuple[Any, ClipConfig]:
-    from dalle2.config import load_config
+    from dalle2.config import resolve_stage
 
-    if preset not in CLIP_TRAIN_PRESETS:
-        load_config(preset)  # raises the shared "unknown preset" ConfigError
-    # a shared YAML (``dalle2 train all --config``) may hold the other stages' sections: ignored here
-    overrides, clip_updates = merge_overrides(
-        CLIP_TRAIN_PRESETS[preset], config_path, sets, "clip", ignore=("prior", "decoder", "upsampler", "gan")
-    )
-    for dotted, value in (
-        ("train.max_steps", max_steps),
-        ("train.max_minutes", max_minutes),
-        ("data.dataset", data),
-        ("clip.text_encoder", text_encoder),
-    ):
-        if value is not None:
-            section, _, key = dotted.partition(".")
-            (clip_updates if section == "clip" else overrides.setdefault(section, {}))[key] = value
-    config = load_config(preset, None, overrides)
-    return config, clip_preset(preset, clip_updates)
+    options = {"max_steps": max_steps, "max_minutes": max_minutes, "data": data, "text_encoder": text_encoder}
+    config, section, _ = resolve_stage("clip", preset, config_path, sets, options)
+    return config, ClipConfig(**section)
 
 
 def _captions(dataset: Any, limit: int):

@@ -1,52 +1,10 @@
-"""What every training stage shares: merging its config sources into one set of overrides."""
+"""What every training stage shares: options, logging, the frozen CLIP, trackers and the train summary
+(the config is resolved by :func:`dalle2.config.resolve_stage`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-
-import yaml
-
-
-def merge_overrides(
-    train_defaults: dict[str, Any],
-    config_path: str | None,
-    sets: list[str],
-    section: str,
-    ignore: tuple[str, ...] = (),
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The stage's train defaults < YAML file < ``--set``; returns (overrides for ``load_config``, ``section``).
-
-    ``section`` (e.g. ``clip``) is the stage's own config section, taken out of the overrides; sections in
-    ``ignore`` (another stage's, in a shared YAML) are dropped.
-    """
-    from dalle2.config import ConfigError, load_yaml, parse_overrides
-
-    overrides: dict[str, Any] = {"train": dict(train_defaults)}
-    if config_path is not None:
-        path = Path(config_path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = load_yaml(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML: {error}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections")
-        for name, values in loaded.items():
-            if isinstance(values, dict):
-                overrides.setdefault(name, {}).update(values)
-            else:
-                overrides[name] = values
-    for name, values in parse_overrides(list(sets)).items():
-        overrides.setdefault(name, {}).update(values)
-    own = overrides.pop(section, {})
-    if not isinstance(own, dict):
-        raise ConfigError(f"section {section!r} must be a mapping")
-    for name in ignore:
-        overrides.pop(name, None)
-    overrides.pop("preset", None)
-    return overrides, own
 
 
 def stage_options(args: Any, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """``dalle2 train gan``: train a text-conditional GAN into its own pipeline folder (kind ``gan``).
 
 Steps: resolve the config (GAN preset < ``--config`` YAML < ``--set`` < options; the ``gan`` section
-holds network, objective, optimiser and stage keys, see :data:`GAN_DEFAULTS`), make sure ``OUT/clip``
+holds network, objective, optimiser and stage keys, see :data:`dalle2.presets.GAN_DEFAULTS`), make sure ``OUT/clip``
 exists (copied with ``OUT/tokenizer`` from ``--clip-from``, else trained by the CLIP stage), then train
 G and D with the shared trainer in two phases per batch (D step, then G step; Adam or SGD each, constant
 LR; checkpoints of G, D, both optimizers and the EMA of G under ``OUT/training/gan``, ``--resume``),
@@ -15,14 +15,14 @@ captions: the frozen CLIP's cosine between generated images and their caption ag
 captions (real images alongside, as the ceiling), the diversity ratio of the mode-collapse check,
 sampling speed, and the collapse warnings of the run.
 
-Presets: ``tiny`` (tests), ``cpu`` (DF-GAN recipe sized for one CPU core), ``gpu`` and ``article`` (the
-founding article's dense-G / conv-D BCE recipe at 28x28, with the text fed to both networks).
+Presets (in :data:`dalle2.presets.STAGE_PRESETS`): ``tiny`` (tests), ``cpu`` (DF-GAN recipe sized for one
+CPU core), ``gpu`` and ``article`` (the founding article's dense-G / conv-D BCE recipe at 28x28, with the
+text fed to both networks).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import shutil
@@ -38,85 +38,14 @@ import yaml
 
 from dalle2.models.gan import GanConfig, sentence_embeddings
 from dalle2.models.gan_objective import ObjectiveConfig
-from dalle2.stages.common import default_trackers, merge_overrides, printer, stage_options, train_summary
+from dalle2.presets import GAN_DEFAULTS
+from dalle2.stages.common import default_trackers, printer, stage_options, train_summary
 
-__all__ = ["GAN_DEFAULTS", "GAN_PRESETS", "GanStageError", "evaluate_gan", "train_gan"]
+__all__ = ["GAN_DEFAULTS", "GanStageError", "evaluate_gan", "train_gan"]
 
 GRAYSCALE_DATA = ("mnist", "fashion-mnist")
 PREVIEW_PROMPTS, PREVIEW_NOISE = 8, 7  # sample grid: 8 rows of a real image + 7 fixed-noise samples
 MONITOR_NOISE = 8
-
-#: every key of the ``gan`` section with its default (= the cpu preset)
-GAN_DEFAULTS: dict[str, Any] = {
-    # networks (dalle2.models.gan.GanConfig)
-    "arch": "dfgan",  # dfgan | article
-    "z_dim": 100,
-    "g_width": 8,  # dfgan: channels at full resolution, x2 per halving up to x max_mult
-    "d_width": 8,
-    "max_mult": 8,
-    "dense_widths": [128, 256, 512, 1024],  # article generator
-    "conv_widths": [32, 64, 128, 256],  # article discriminator
-    "spectral_norm": False,
-    "projection": False,  # dfgan D: projection term <W s, features> (Miyato & Koyama 2018)
-    "embed_scale": "unit",  # none | unit: the unit-norm sentence embedding x sqrt(dim) (z's scale)
-    "minibatch_std": 4,  # dfgan D: minibatch standard deviation over groups of N images (0 = off)
-    "channels": 0,  # 0 = auto: 1 for mnist / fashion-mnist, else 3
-    # objective (dalle2.models.gan_objective.ObjectiveConfig)
-    "loss": "hinge",  # hinge | bce
-    "mismatch": True,
-    "ma_gp": 2.0,  # 0 = off
-    "ma_gp_power": 6.0,
-    "ma_gp_every": 4,
-    "diffaugment": True,
-    "l1": 0.0,
-    "l2": 0.0,
-    "mode_seeking": 0.1,  # MSGAN weight: two noises for one caption must differ (0 = off; README numbers)
-    # optimisers (G at train.learning_rate, D at train.learning_rate * d_lr_scale; constant)
-    "optimizer": "adam",  # adam | sgd
-    "d_lr_scale": 4.0,
-    "beta1": 0.0,
-    "beta2": 0.9,
-    "momentum": 0.0,  # sgd
-    "max_grad_norm": 0.0,  # 0 = no clipping
-    # stage
-    "ema_decay": 0.999,
-    "eval_samples": 256,
-    "sample_every": 250,
-    "monitor_every": 250,
-    "collapse_accuracy": 0.99,
-    "collapse_patience": 5,
-    "mode_collapse_ratio": 0.05,  # near-identical images per prompt (an untrained G sits near 0.1)
-}
-
-#: per preset: the shared config preset it builds on, data and train defaults, and ``gan`` keys
-GAN_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {
-        "base": "tiny",
-        "train": {"batch_size": 8, "max_steps": 4, "checkpoint_every": 2, "learning_rate": 1e-3},
-        "gan": {"z_dim": 16, "g_width": 4, "d_width": 4, "max_mult": 4, "ma_gp_every": 1, "ema_decay": 0.9,
-                "eval_samples": 8, "sample_every": 2, "monitor_every": 2},
-    },
-    "cpu": {
-        "base": "cpu",
-        "train": {"batch_size": 64, "max_steps": 5000, "checkpoint_every": 500, "learning_rate": 2e-4},
-        "gan": {},
-    },
-    "gpu": {
-        "base": "gpu",
-        "train": {"batch_size": 128, "max_steps": 100_000, "checkpoint_every": 5000, "learning_rate": 1e-4,
-                  "mixed_precision": "no"},
-        "gan": {"g_width": 32, "d_width": 32, "ma_gp_every": 1, "ema_decay": 0.9999, "eval_samples": 1000,
-                "sample_every": 2500, "monitor_every": 2500},
-    },
-    "article": {
-        "base": "cpu",
-        "data": {"resolution": 28},
-        "train": {"batch_size": 64, "max_steps": 10_000, "checkpoint_every": 1000, "learning_rate": 2e-4},
-        "gan": {"arch": "article", "loss": "bce", "mismatch": False, "ma_gp": 0.0, "diffaugment": False,
-                "d_lr_scale": 1.0, "beta1": 0.5, "beta2": 0.999, "ema_decay": 0.0, "embed_scale": "none",
-                "minibatch_std": 0, "mode_seeking": 0.0, "sample_every": 500, "monitor_every": 500},
-    },
-}  # fmt: skip
 
 #: the gan.* keys of the networks: GanConfig's fields less the sizes the stage fills in from data and CLIP
 NETWORK_KEYS = tuple(f.name for f in fields(GanConfig) if f.name not in ("image_size", "channels", "embed_dim"))
@@ -130,75 +59,13 @@ class GanStageError(ValueError):
 # -- configuration -----------------------------------------------------------------------------------
 
 
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    from dalle2.config import ConfigError
-
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"gan.{key} must be true or false, got {value!r}")
-        return value
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"gan.{key} must be a whole number, got {value!r}")
-        return value
-    if isinstance(default, float):
-        if isinstance(value, str):
-            try:
-                value = float(value)  # YAML 1.1 reads "1e-3" as a string
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"gan.{key} must be a number, got {value!r}")
-        return float(value)
-    if isinstance(default, list):
-        if not isinstance(value, list) or not value or not all(isinstance(v, int) and v >= 1 for v in value):
-            raise ConfigError(f"gan.{key} must be a list of positive whole numbers, got {value!r}")
-        return list(value)
-    if not isinstance(value, str):
-        raise ConfigError(f"gan.{key} must be a string, got {value!r}")
-    return value
-
-
 def resolve(opts: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """-> (Config, gan keys); every key checked, the networks and objective built once to validate them."""
-    import difflib
+    from dalle2.config import STAGE_OPTIONS, resolve_stage
 
-    from dalle2.config import ConfigError, load_config
-
-    preset = opts.get("preset") or "cpu"
-    if preset not in GAN_PRESETS:
-        hint = difflib.get_close_matches(preset, GAN_PRESETS, n=1)
-        raise ConfigError(
-            f"unknown preset {preset!r}; choose one of {', '.join(GAN_PRESETS)}"
-            + (f" (did you mean {hint[0]!r}?)" if hint else "")
-        )
-    spec = GAN_PRESETS[preset]
-    overrides, own = merge_overrides(
-        spec["train"],
-        opts.get("config"),
-        list(opts.get("overrides") or opts.get("set") or []),
-        "gan",
-        ("clip", "prior", "decoder", "upsampler"),
-    )
-    for key, value in spec.get("data", {}).items():
-        overrides.setdefault("data", {}).setdefault(key, value)
-    for key in ("max_steps", "max_minutes"):
-        if opts.get(key) is not None:
-            overrides.setdefault("train", {})[key] = opts[key]
-    if opts.get("data") is not None:
-        overrides.setdefault("data", {})["dataset"] = opts["data"]
-    config = load_config(spec["base"], None, overrides)
-    config.preset = preset
-
-    keys = {**copy.deepcopy(GAN_DEFAULTS), **copy.deepcopy(spec["gan"])}
-    for key, value in own.items():
-        if key not in GAN_DEFAULTS:
-            hint = difflib.get_close_matches(key, GAN_DEFAULTS, n=1)
-            raise ConfigError(
-                f"unknown key gan.{key}"
-                + (f" (did you mean gan.{hint[0]}?)" if hint else f"; keys: {', '.join(GAN_DEFAULTS)}")
-            )
-        keys[key] = _coerce(key, value, GAN_DEFAULTS[key])
+    sets = list(opts.get("overrides") or opts.get("set") or [])
+    options = {key: opts.get(key) for key in STAGE_OPTIONS}
+    config, keys, _ = resolve_stage("gan", opts.get("preset") or "cpu", opts.get("config"), sets, options)
     _check(keys, config)
     return config, keys
 

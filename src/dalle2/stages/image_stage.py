@@ -10,10 +10,11 @@ Upsampler: trained on random crops (half the side, a quarter of the area, as the
 output resolution, conditioned on the crop downsampled by the resolution ratio; no CLIP. Report
 (``OUT/upsampler/report.json``): PSNR of upsampled held-out images against bicubic upsampling.
 
-Both: config = stage preset < ``--config`` YAML < ``--set`` < options; the stage's own section
-(``decoder`` / ``upsampler``) holds :class:`~dalle2.models.decoder.DiffusionConfig` keys, ``net.*`` keys
-for the network, and ``ema_decay``; checkpoints under ``OUT/training/<stage>``; ``--resume``; EMA
-weights written to ``OUT/<stage>/``; a ``<stage>`` entry merged into ``OUT/model_index.json``.
+Both: config = stage preset (:data:`dalle2.presets.STAGE_PRESETS`) < ``--config`` YAML < ``--set`` <
+options; the stage's own section (``decoder`` / ``upsampler``) holds
+:class:`~dalle2.models.decoder.DiffusionConfig` keys, ``net.*`` keys for the network, and ``ema_decay``;
+checkpoints under ``OUT/training/<stage>``; ``--resume``; EMA weights written to ``OUT/<stage>/``; a
+``<stage>`` entry merged into ``OUT/model_index.json``.
 """
 
 from __future__ import annotations
@@ -33,92 +34,12 @@ import yaml
 from dalle2.stages.common import (
     default_trackers,
     load_frozen_clip,
-    merge_overrides,
     printer,
     stage_options,
     train_summary,
 )
 
-__all__ = ["IMAGE_STAGE_PRESETS", "ImageStageError", "train_decoder", "train_upsampler", "warm_start"]
-
-# per stage and preset: train-section defaults, the DiffusionConfig (net included) and stage keys
-IMAGE_STAGE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "decoder": {
-        "tiny": {
-            "train": {"batch_size": 8, "max_steps": 4, "checkpoint_every": 2, "learning_rate": 1e-3},
-            "model": {
-                "arch": "transformer",
-                "net": {"width": 32, "depth": 1, "heads": 2, "patch_size": 4},
-                "sample_steps": 4,
-            },
-            "stage": {"ema_decay": 0.9, "eval_samples": 8},
-        },
-        "cpu": {
-            # measured on shapes (README): this UNet forms coloured objects in 1,500 steps where the faster
-            # patch Transformer (arch=transformer, net width 192 depth 6 patch 4) still drew scattered blocks;
-            # lr 1e-3 reached lower loss than 5e-4 at equal steps (0.068 vs 0.076 at step 553); the same UNet
-            # with patch_size 2 and channels 64/128/192 ran 1.3x more steps/s but was behind at equal time.
-            # 2,000 steps (about 33 minutes on 2 cores) keeps `train all` within the hour: at 2,000 steps this
-            # decoder (with NegCLIP z_i and the pooled caption) scored as the earlier 3,000-step one did.
-            # Min-SNR-5 loss weighting (Hang et al. 2023): at equal steps and time, quick-eval FD 9.5 against
-            # 16.4 with the plain v loss, precision 0.60 / recall 0.78 against 0.58 / 0.72; faithfulness the
-            # same (0.073 / 0.068 against 0.073 / 0.083)
-            "train": {"batch_size": 32, "max_steps": 2000, "checkpoint_every": 250, "learning_rate": 1e-3},
-            "model": {
-                "arch": "unet",
-                "net": {
-                    "channels": [32, 64, 128],
-                    "attention": [False, False, True],
-                    "head_dim": 32,
-                    "text_pool": True,
-                    # the decoder's own 2-layer caption encoder over token ids (GLIDE's, as the paper's decoder):
-                    # the frozen CLIP text tower's token states barely tell shapes apart (a linear probe names
-                    # the shape from the shape word's state 0.42 of the time, chance 0.17;
-                    # benchmarks/caption_probe.py). Quick benchmark, same recipe and seed, guidance 1:
-                    # faithfulness 0.094 / 0.099 against 0.073 / 0.052, FD 4.7 against 3.9, precision 0.73 /
-                    # recall 0.79 against 0.66 / 0.72
-                    "caption_layers": 2,
-                },
-                "min_snr_gamma": 5.0,
-            },
-            "stage": {"ema_decay": 0.999, "eval_samples": 64},
-        },
-        "gpu": {
-            "train": {"batch_size": 256, "max_steps": 200_000, "checkpoint_every": 5000, "learning_rate": 1e-4},
-            # its own 4-layer caption encoder, as the paper's decoder and the cpu preset's (not measured on a GPU)
-            "model": {
-                "arch": "transformer",
-                "net": {"width": 768, "depth": 12, "heads": 12, "patch_size": 4, "caption_layers": 4},
-            },
-            "stage": {"ema_decay": 0.9999, "eval_samples": 256},
-        },
-    },
-    "upsampler": {
-        "tiny": {
-            "train": {"batch_size": 8, "max_steps": 4, "checkpoint_every": 2, "learning_rate": 1e-3},
-            "model": {"arch": "unet", "net": {"channels": [16, 32], "attention": [False, False]}, "sample_steps": 3},
-            "stage": {"ema_decay": 0.9, "eval_samples": 8},
-        },
-        "cpu": {
-            "train": {"batch_size": 32, "max_steps": 1200, "checkpoint_every": 200, "learning_rate": 1e-3},
-            "model": {
-                "arch": "unet",
-                "net": {"channels": [32, 64, 96], "attention": [False, False, False]},
-                "sample_steps": 7,
-            },
-            "stage": {"ema_decay": 0.999, "eval_samples": 64},
-        },
-        "gpu": {
-            "train": {"batch_size": 64, "max_steps": 100_000, "checkpoint_every": 5000, "learning_rate": 1e-4},
-            "model": {
-                "arch": "unet",
-                "net": {"channels": [64, 128, 256, 256], "attention": [False, False, False, False]},
-                "sample_steps": 7,
-            },
-            "stage": {"ema_decay": 0.9999, "eval_samples": 256},
-        },
-    },
-}
+__all__ = ["ImageStageError", "train_decoder", "train_upsampler", "warm_start"]
 
 
 class ImageStageError(ValueError):
@@ -130,46 +51,11 @@ class ImageStageError(ValueError):
 
 def _resolve(stage: str, opts: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """-> (Config, DiffusionConfig dict without sizes, stage keys)."""
-    from dalle2.config import ConfigError, load_config
-    from dalle2.models.decoder import DiffusionConfig
+    from dalle2.config import STAGE_OPTIONS, resolve_stage
 
-    preset = opts.get("preset") or "cpu"
-    presets = IMAGE_STAGE_PRESETS[stage]
-    if preset not in presets:
-        load_config(preset)  # raises the shared "unknown preset" ConfigError
-    other = tuple(s for s in ("clip", "prior", "decoder", "upsampler", "gan") if s != stage)
-    overrides, own = merge_overrides(
-        presets[preset]["train"], opts.get("config"), list(opts.get("overrides") or opts.get("set") or []), stage, other
-    )
-    for key, dotted in (("max_steps", "max_steps"), ("max_minutes", "max_minutes")):
-        if opts.get(key) is not None:
-            overrides.setdefault("train", {})[dotted] = opts[key]
-    if opts.get("data") is not None:
-        overrides.setdefault("data", {})["dataset"] = opts["data"]
-    config = load_config(preset, None, overrides)
-
-    model = copy.deepcopy(presets[preset]["model"])
-    keys = dict(presets[preset]["stage"])
-    model_keys = set(DiffusionConfig.__dataclass_fields__)
-    if own.get("arch", model["arch"]) != model["arch"]:  # another network: the preset's net keys do not apply
-        model["net"] = {}
-    for key, value in own.items():
-        if key.startswith("net."):
-            model["net"][key[4:]] = value
-        elif key == "net" and isinstance(value, dict):
-            model["net"].update(value)
-        elif key in keys:
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(f"{stage}.{key} must be a number, got {value!r}")
-            keys[key] = type(keys[key])(value)
-        elif key in model_keys and key not in ("role", "net"):
-            model[key] = value
-        else:
-            raise ConfigError(
-                f"unknown key {stage}.{key}; keys: {', '.join(sorted([*keys, *(model_keys - {'role', 'net'})]))}, "
-                "net.<network key>"
-            )
-    return config, model, keys
+    sets = list(opts.get("overrides") or opts.get("set") or [])
+    options = {key: opts.get(key) for key in STAGE_OPTIONS}
+    return resolve_stage(stage, opts.get("preset") or "cpu", opts.get("config"), sets, options)
 
 
 def _build(stage: str, model: dict[str, Any], sizes: dict[str, Any]) -> Any:
@@ -526,6 +412,7 @@ def _train(stage, model, loss_fn, dataset, config, keys, out, opts, sample_fn, c
         log_with=default_trackers(opts),
         stage_name=stage,
         sample_fn=sample_fn,
+        num_workers=config.data.num_workers,
         run_config={**config.to_dict(), stage: {**model.config.to_dict(), **keys}},
         progress=bool(opts.get("progress", True)) and not opts.get("quiet"),
     )

@@ -2,7 +2,7 @@
 
 Steps: resolve the config (preset < ``--config`` YAML < ``--set`` < dedicated options; the ``prior``
 section holds :class:`~dalle2.models.prior.PriorConfig` fields plus the stage keys of
-:data:`PRIOR_STAGE_PRESETS`), load the frozen CLIP of ``OUT/clip`` (trained by ``dalle2 train clip``),
+:data:`dalle2.presets.STAGE_PRESETS`), load the frozen CLIP of ``OUT/clip`` (trained by ``dalle2 train clip``),
 encode a pool of training pairs once (text embedding z_t, token hidden states + mask, image embedding
 z_i; batched, no grad), compute :class:`~dalle2.models.prior.EmbeddingStats` from the pool's z_i, train
 the :class:`~dalle2.models.prior.DiffusionPrior` on the pool with the shared
@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -34,36 +34,18 @@ import torch
 import yaml
 from torch.utils.data import Dataset
 
-from dalle2.models.prior import PRESETS as PRIOR_PRESETS
 from dalle2.models.prior import DiffusionPrior, EmbeddingStats, PriorConfig, prior_report
 from dalle2.stages.common import (
     default_trackers,
     load_frozen_clip,
-    merge_overrides,
     printer,
     stage_options,
     train_summary,
 )
 
-__all__ = ["PRIOR_STAGE_PRESETS", "PRIOR_TRAIN_PRESETS", "PriorStageError", "encode_pairs", "train_prior"]
+__all__ = ["PriorStageError", "encode_pairs", "train_prior"]
 
 ENCODE_BATCH = 256
-
-# train-section defaults of the prior stage, per preset (as CLIP_TRAIN_PRESETS for the CLIP stage)
-PRIOR_TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"batch_size": 8, "max_steps": 4, "checkpoint_every": 2, "learning_rate": 1e-3},
-    "cpu": {"batch_size": 128, "max_steps": 600, "checkpoint_every": 200, "learning_rate": 5e-4},
-    "gpu": {"batch_size": 512, "max_steps": 100_000, "checkpoint_every": 5000, "learning_rate": 1.1e-4},
-}
-
-# stage keys of the ``prior`` section (the other keys are PriorConfig fields)
-PRIOR_STAGE_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"pool_size": 256, "eval_samples": 64, "ema_decay": 0.9},
-    "cpu": {"pool_size": 10_000, "eval_samples": 500, "ema_decay": 0.999},
-    "gpu": {"pool_size": 1_000_000, "eval_samples": 1000, "ema_decay": 0.9999},
-}
-
-FROM_CLIP = ("embed_dim", "text_width", "max_text_len")
 
 
 class PriorStageError(ValueError):
@@ -81,52 +63,16 @@ def _resolve(
     max_minutes: float | None,
     data: str | None,
 ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """-> (Config, PriorConfig overrides, stage keys)."""
-    from dalle2.config import ConfigError, load_config
+    """-> (Config, the prior section: every PriorConfig field, stage keys)."""
+    from dalle2.config import resolve_stage
 
-    if preset not in PRIOR_TRAIN_PRESETS or preset not in PRIOR_PRESETS:
-        load_config(preset)  # raises the shared "unknown preset" ConfigError
-        raise PriorStageError(f"unknown prior preset {preset!r}; choose one of {', '.join(PRIOR_TRAIN_PRESETS)}")
-    # a shared YAML may hold the other stages' sections: ignored here
-    overrides, prior_updates = merge_overrides(
-        PRIOR_TRAIN_PRESETS[preset], config_path, sets, "prior", ignore=("clip", "decoder", "upsampler", "gan")
-    )
-    if max_steps is not None:
-        overrides.setdefault("train", {})["max_steps"] = max_steps
-    if max_minutes is not None:
-        overrides.setdefault("train", {})["max_minutes"] = max_minutes
-    if data is not None:
-        overrides.setdefault("data", {})["dataset"] = data
-    config = load_config(preset, None, overrides)
-
-    stage = dict(PRIOR_STAGE_PRESETS[preset])
-    model_keys = {f.name for f in fields(PriorConfig)}
-    model_updates: dict[str, Any] = {}
-    for key, value in prior_updates.items():
-        if key in stage:
-            default = stage[key]
-            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if isinstance(value, bool) or not isinstance(value, type(default)):
-                raise ConfigError(f"prior.{key} must be {type(default).__name__}, got {value!r}")
-            stage[key] = value
-        elif key in model_keys:
-            if key in FROM_CLIP:
-                raise ConfigError(f"prior.{key} is taken from the CLIP (OUT/clip); it cannot be set")
-            model_updates[key] = value
-        else:
-            raise ConfigError(
-                f"unknown key prior.{key}; keys: {', '.join([*stage, *sorted(model_keys - set(FROM_CLIP))])}"
-            )
-    if stage["pool_size"] < 1 or stage["eval_samples"] < 2:
-        raise ConfigError("prior.pool_size must be >= 1 and prior.eval_samples >= 2")
-    return config, model_updates, stage
+    options = {"max_steps": max_steps, "max_minutes": max_minutes, "data": data}
+    return resolve_stage("prior", preset, config_path, sets, options)
 
 
-def _prior_config(preset: str, updates: dict[str, Any], clip_dims: dict[str, int]) -> PriorConfig:
-    base = asdict(PRIOR_PRESETS[preset])
+def _prior_config(section: dict[str, Any], clip_dims: dict[str, int]) -> PriorConfig:
     try:
-        return PriorConfig.from_dict({**base, **updates, **clip_dims})
+        return PriorConfig.from_dict({**section, **clip_dims})
     except (TypeError, ValueError) as error:
         raise PriorStageError(f"invalid prior section: {error}") from None
 
@@ -237,7 +183,7 @@ def train_prior(args: argparse.Namespace | dict[str, Any] | None = None, **kwarg
 
     out = Path(opts["out"])
     preset = opts.get("preset") or "cpu"
-    config, model_updates, stage = _resolve(
+    config, model_section, stage = _resolve(
         preset,
         opts.get("config"),
         list(opts.get("overrides") or opts.get("set") or []),
@@ -259,7 +205,7 @@ def train_prior(args: argparse.Namespace | dict[str, Any] | None = None, **kwarg
     n, length, width = pool["text_tokens"].shape
     log(f"encoded a pool of {n} {config.data.dataset} pairs with the frozen CLIP in {time.monotonic() - start:.0f} s")
     clip_dims = {"embed_dim": pool["image_embed"].shape[1], "text_width": width, "max_text_len": length}
-    prior_config = _prior_config(preset, model_updates, clip_dims)
+    prior_config = _prior_config(model_section, clip_dims)
     stage_info = {**stage, "pool_size": n}
     log(config.to_yaml() + yaml.safe_dump({"prior": {**asdict(prior_config), **stage_info}}, sort_keys=False).rstrip())
     stats = EmbeddingStats.from_embeddings(pool["image_embed"])
