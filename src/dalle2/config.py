@@ -29,6 +29,15 @@ class ConfigError(ValueError):
     """A preset, YAML file or override is invalid; the message says which and why."""
 
 
+def unknown_key(section: str, key: str, known: Any, source: str = "") -> ConfigError:
+    """The error for ``section.key`` not among ``known``: the closest key as a hint, else every key."""
+    hint = difflib.get_close_matches(key, list(known), n=1)
+    return ConfigError(
+        f"{source}unknown key {section}.{key}"
+        + (f" (did you mean {section}.{hint[0]}?)" if hint else f"; keys: {', '.join(known)}")
+    )
+
+
 class _Loader(yaml.SafeLoader):
     """YAML 1.2 booleans: only true/false are booleans, so ``train.mixed_precision=no`` stays the string "no"."""
 
@@ -195,11 +204,7 @@ def _apply(config: Config, updates: dict[str, Any], source: str) -> None:
         known = typing.get_type_hints(type(target))
         for key, value in values.items():
             if key not in known:
-                hint = difflib.get_close_matches(key, known, n=1)
-                raise ConfigError(
-                    f"{source}: unknown key {section}.{key}"
-                    + (f" (did you mean {section}.{hint[0]}?)" if hint else f"; keys: {', '.join(known)}")
-                )
+                raise unknown_key(section, key, known, f"{source}: ")
             setattr(target, key, _coerce(value, known[key], f"{source}: {section}.{key}"))
 
 
@@ -444,11 +449,7 @@ def _gan_section(stage: str, spec: dict[str, Any], own: dict[str, Any]) -> tuple
     keys = {**copy.deepcopy(GAN_DEFAULTS), **copy.deepcopy(spec["model"])}
     for key, value in own.items():
         if key not in GAN_DEFAULTS:
-            hint = difflib.get_close_matches(key, GAN_DEFAULTS, n=1)
-            raise ConfigError(
-                f"unknown key gan.{key}"
-                + (f" (did you mean gan.{hint[0]}?)" if hint else f"; keys: {', '.join(GAN_DEFAULTS)}")
-            )
+            raise unknown_key("gan", key, GAN_DEFAULTS)
         keys[key] = _coerce_like(f"gan.{key}", value, GAN_DEFAULTS[key])
     return keys, dict(spec["stage"])
 
