@@ -30,10 +30,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the --quick sizes instead of the reporting sizes")
     parser.add_argument("--markdown-only", action="store_true", help="rewrite the table from the saved JSON")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = parser.parse_args()
+    out = args.out
     if args.markdown_only:
         name = "eval_floors_quick" if args.quick else "eval_floors"
-        write_markdown(json.loads((RESULTS / f"{name}.json").read_text()), args.quick)
+        write_markdown(json.loads((out / f"{name}.json").read_text()), args.quick, out)
         return
     quick = ["--quick"] if args.quick else []
     rows = []
@@ -80,13 +82,13 @@ def main() -> None:
             row["clip_score_real"] = report["clip_score"]["generated"]
         rows.append(row)
         print(json.dumps(row), flush=True)
-    RESULTS.mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     name = "eval_floors_quick" if args.quick else "eval_floors"
-    (RESULTS / f"{name}.json").write_text(json.dumps(rows, indent=2) + "\n")
-    write_markdown(rows, args.quick)
+    (out / f"{name}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_markdown(rows, args.quick, out)
 
 
-def write_markdown(rows: list[dict], quick: bool) -> None:
+def write_markdown(rows: list[dict], quick: bool, out: Path = RESULTS) -> None:
     """The table the README quotes, from the rows of the JSON file."""
     name = "eval_floors_quick" if quick else "eval_floors"
     command = "python benchmarks/eval_floors.py" + (" --quick" if quick else "")
@@ -121,7 +123,7 @@ def write_markdown(rows: list[dict], quick: bool) -> None:
             f"{r['clip_score_real']:.1f}" if "clip_score_real" in r else "-",
         ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

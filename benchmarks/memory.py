@@ -37,7 +37,7 @@ def peak_rss_mb(argv: list[str]) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-steps", type=int, default=30, help="steps per training stage")
-    parser.add_argument("--out", default=str(ROOT / "results" / "memory"), help="results stem")
+    parser.add_argument("--out", default=str(ROOT / "results"), help="results folder (writes memory.json and .md)")
     args = parser.parse_args(argv)
     dalle2 = [sys.executable, "-m", "dalle2"]
     rows = []
@@ -78,15 +78,16 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "max_rss_self_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps(result, indent=2) + "\n")
+    stem = Path(args.out) / "memory"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     table = "\n".join(f"| {r['job']} | {r['peak_rss_mb']:,.0f} | {r['seconds']} |" for r in rows)
-    Path(args.out + ".md").write_text(
+    stem.with_suffix(".md").write_text(
         f"# Peak memory\n\nCommand: `{result['command']}`\n\nPeak resident set size of each command, run as its "
         "own process (kernel `ru_maxrss`), including the Python interpreter, torch and the imported libraries.\n\n"
         f"| job | peak RSS (MB) | seconds |\n|---|---:|---:|\n{table}\n"
     )
-    print(Path(args.out + ".md").read_text())
+    print(stem.with_suffix(".md").read_text())
     return 0
 
 

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", type=int, default=64, help="images per timed call (prompts x images per prompt)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per implementation (best kept)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
-    parser.add_argument("--out", default=str(ROOT / "results" / "reference_sampling"), help="results stem")
+    parser.add_argument("--out", default=str(ROOT / "results"), help="results folder")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -191,21 +191,22 @@ def main(argv: list[str] | None = None) -> int:
         },
         "weights": "reference: our trained text encoder and prior transformer; decoder and super-res random",
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps(result, indent=2) + "\n")
+    stem = Path(args.out) / "reference_sampling"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     rows = "\n".join(
         f"| {k} | {result['images_per_second'][k]} | {min(v):.2f} | "
         f"{', '.join(f'{n} {c / 1e6:.2f}M' for n, c in result['parameters'][k].items())} |"
         for k, v in times.items()
     )
-    Path(args.out + ".md").write_text(
+    stem.with_suffix(".md").write_text(
         f"# Sampling: dalle2 vs diffusers' unCLIP stack\n\nCommand: `{result['command']}`\n\n"
         f"{count} images at 64x64 per call ({len(PROMPTS)} prompts x {per_prompt}), {args.threads} threads, "
         f"best of {args.repeats}. {result['weights']}: the reference is timed, not scored.\n\n"
         "| implementation | images/s | seconds per call | parameters |\n|---|---:|---:|---|\n"
         f"{rows}\n\nSpeed-up: **{result['speedup']}x**. dalle2 settings: {json.dumps(settings)}\n"
     )
-    print(Path(args.out + ".md").read_text())
+    print(stem.with_suffix(".md").read_text())
     return 0
 
 

@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--worker", choices=("ours", "dalle2-pytorch"), help=argparse.SUPPRESS)
     parser.add_argument("--target", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--out", default=str(ROOT / "results" / "reference_training"))
+    parser.add_argument("--out", default=str(ROOT / "results"), help="results folder")
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args.worker, args.steps, args.threads, args.target)))
@@ -228,10 +228,11 @@ def main(argv: list[str] | None = None) -> int:
         "matmul_peak_gflops": {k: round(v / 1e9, 2) for k, v in peaks.items()},
         "ours_fraction_of_peak": {k: round(achieved / v, 4) for k, v in peaks.items()},
     }  # fmt: skip
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps(result, indent=2) + "\n")
+    stem = Path(args.out) / "reference_training"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     m = result["median_samples_per_second"]
-    Path(args.out + ".md").write_text(
+    stem.with_suffix(".md").write_text(
         f"# Decoder training throughput: dalle2 vs DALLE2-pytorch\n\nCommand: `{result['command']}`\n\n"
         f"32x32, batch {BATCH}, {args.threads} threads, {args.rounds} alternating rounds of {args.steps} steps "
         "(fresh process each, 3 warm-up steps).\n\n"
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{result['matmul_peak_gflops']['float32']} in fp32 (fractions "
         f"{result['ours_fraction_of_peak']['bfloat16']} and {result['ours_fraction_of_peak']['float32']}).\n"
     )
-    print(Path(args.out + ".md").read_text())
+    print(stem.with_suffix(".md").read_text())
     return 0
 
 

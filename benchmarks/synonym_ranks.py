@@ -9,8 +9,8 @@ single-object captions "a {colour} {shape}" of ``shapes``; the rank of the inten
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -28,8 +28,12 @@ def main() -> None:
     from dalle2.models.clip import ClipModel
 
     candidates = [f"a {c} {s}" for c in COLORS for s in SHAPES]
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("models", nargs="+", metavar="PIPELINE_DIR", help="pipeline folders whose CLIP to rank with")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="results folder")
+    args = parser.parse_args()
     rows = []
-    for folder in sys.argv[1:]:
+    for folder in args.models:
         clip = ClipModel.load(Path(folder) / "clip").eval()
         with torch.no_grad():
             zc, _, _ = clip.encode_prompts(candidates)
@@ -39,11 +43,11 @@ def main() -> None:
                 rank = int((sims > sims[candidates.index(target)]).sum()) + 1
                 rows.append({"model": folder, "text_encoder": clip.text_encoder, "query": query,
                              "intended": target, "rank": rank, "of": len(candidates)})  # fmt: skip
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
     (out / "synonym_ranks.json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = ["# Rank of the intended caption among 54 (chance about 27)", "",
-             f"Command: `python benchmarks/synonym_ranks.py {' '.join(sys.argv[1:])}`", "",
+             f"Command: `python benchmarks/synonym_ranks.py {' '.join(args.models)}`", "",
              "| model | text encoder | query | intended | rank |", "|---|---|---|---|---|"]  # fmt: skip
     lines += [f"| {r['model']} | {r['text_encoder']} | {r['query']} | {r['intended']} | {r['rank']} |" for r in rows]
     (out / "synonym_ranks.md").write_text("\n".join(lines) + "\n")
