@@ -29,11 +29,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dalle2.pipeline import PipelineError, register
-from dalle2.pipeline_base import check_count, check_prompts, slerp
+from dalle2.pipeline_base import PipelineBase, check_components, check_count, check_prompts, slerp
 
 __all__ = ["UnclipPipeline", "slerp"]
 
-class UnclipPipeline:
+
+class UnclipPipeline(PipelineBase):
     """See the module docstring. Build with :meth:`from_folder` (or ``dalle2.load``)."""
 
     kind = "unclip"
@@ -57,14 +58,8 @@ class UnclipPipeline:
 
         folder = Path(folder)
         index = index or read_index(folder)
-        components = index.get("components", {})
-        missing = [c for c in ("clip", "prior", "decoder") if c not in components or not (folder / c).is_dir()]
-        if missing:
-            step = {"clip": "clip", "prior": "prior", "decoder": "decoder"}[missing[0]]
-            raise PipelineError(
-                f"{folder}: the unCLIP pipeline is missing {', '.join(missing)}; "
-                f"train it with `dalle2 train {step} --out {folder}` (or `dalle2 train all`)"
-            )
+        train = "`dalle2 train {step} --out {folder}` (or `dalle2 train all`)"
+        components = check_components(folder, index, ("clip", "prior", "decoder"), "unCLIP", train)
         try:
             clip = ClipModel.load(folder / "clip").requires_grad_(False).eval()
             prior = DiffusionPrior.from_pretrained(folder / "prior").eval()
@@ -100,11 +95,6 @@ class UnclipPipeline:
         return out
 
     # -- building blocks -----------------------------------------------------------------------------
-
-    def _generator(self, seed: int) -> torch.Generator:
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-            raise PipelineError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
-        return torch.Generator().manual_seed(seed)
 
     def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         emb, hidden, mask = self.clip.encode_prompts(prompts)
@@ -176,9 +166,6 @@ class UnclipPipeline:
             return False
         sizes = " or ".join(str(r) for r in self.resolutions)
         raise PipelineError(f"resolution must be {sizes} (the sizes this model makes), got {resolution!r}")
-
-    def _tick(self, stage: str, start: float) -> None:
-        self.timings[stage] = self.timings.get(stage, 0.0) + time.monotonic() - start
 
     @staticmethod
     def to_pil(x: torch.Tensor) -> list[Image.Image]:
