@@ -66,11 +66,9 @@ class GanPipeline(PipelineBase):
     kind = "gan"
 
     def __init__(self, folder: Path, index: dict[str, Any], clip: Any, generator: Any) -> None:
-        self.folder, self.index = Path(folder), index
+        super().__init__(folder, index)
         self.clip, self.generator = clip, generator
         self.resolution = generator.image_size
-        self.device = torch.device("cpu")
-        self.timings: dict[str, float] = {}
 
     @classmethod
     def from_folder(cls, folder: str | Path, index: dict[str, Any] | None = None) -> GanPipeline:

@@ -63,9 +63,12 @@ def check_components(
 
 
 class PipelineBase:
-    """Seeding and stage timings of a pipeline (the subclass sets ``self.timings = {}``)."""
+    """A pipeline's folder and index, device (CPU until ``to``), seeding and stage timings."""
 
-    timings: dict[str, float]
+    def __init__(self, folder: Path, index: dict[str, Any]) -> None:
+        self.folder, self.index = Path(folder), index
+        self.device = torch.device("cpu")
+        self.timings: dict[str, float] = {}
 
     def _generator(self, seed: int) -> torch.Generator:
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:

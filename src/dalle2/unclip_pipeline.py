@@ -40,14 +40,11 @@ class UnclipPipeline(PipelineBase):
     kind = "unclip"
 
     def __init__(self, folder: Path, index: dict[str, Any], clip, prior, decoder, upsampler=None) -> None:
-        self.folder = Path(folder)
-        self.index = index
+        super().__init__(folder, index)
         self.clip, self.prior, self.decoder, self.upsampler = clip, prior, decoder, upsampler
         self.base_resolution = decoder.image_size
         self.resolution = upsampler.image_size if upsampler is not None else decoder.image_size
         self.resolutions = sorted({self.base_resolution, self.resolution})  # sizes the model makes natively
-        self.device = torch.device("cpu")
-        self.timings: dict[str, float] = {}
 
     @classmethod
     def from_folder(cls, folder: str | Path, index: dict[str, Any] | None = None) -> UnclipPipeline:
