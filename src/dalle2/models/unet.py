@@ -196,7 +196,7 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
         b, c, h, w = x.shape
-        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, C, HW) -> (B, HW, C)
         q, k, v = self.qkv(tokens).chunk(3, dim=-1)
         mask = None
         if self.context_kv is not None and context is not None:
