@@ -50,13 +50,15 @@ def test_every_stage_has_the_shared_presets():
 
 
 def test_stage_wrappers_use_the_one_resolver():
-    from dalle2.stages import clip_stage, gan_stage, image_stage, prior_stage
+    from dalle2.stages import gan_stage, image_stage
+    from dalle2.stages.common import resolve_options
 
     sets = ["train.max_steps=9"]
-    config, clip = clip_stage._resolve("tiny", None, sets, None, None, None, "minilm")
-    assert config.train.max_steps == 9 and clip.text_encoder == "minilm"
-    assert prior_stage._resolve("tiny", None, sets, None, None, None) == resolve_stage("prior", "tiny", None, sets)
     opts = {"preset": "tiny", "overrides": sets}
+    config, clip, _ = resolve_options("clip", {**opts, "text_encoder": "minilm"})
+    assert config.train.max_steps == 9 and clip["text_encoder"] == "minilm"
+    # another stage's dedicated option (the CLIP's text encoder) changes nothing
+    assert resolve_options("prior", {**opts, "text_encoder": "minilm"}) == resolve_stage("prior", "tiny", None, sets)
     assert image_stage._resolve("decoder", opts) == resolve_stage("decoder", "tiny", None, sets)
     assert gan_stage.resolve(opts)[1] == resolve_stage("gan", "tiny", None, sets)[1]
 

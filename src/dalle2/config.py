@@ -38,6 +38,16 @@ def unknown_key(section: str, key: str, known: Any, source: str = "") -> ConfigE
     )
 
 
+def unknown_section(name: str, known: Any, source: str = "", listed: Any = None) -> ConfigError:
+    """The error for a config section ``name`` not among ``known``: the closest section as a hint, else the
+    sections ``listed`` (default: every known one)."""
+    hint = difflib.get_close_matches(name, list(known), n=1)
+    return ConfigError(
+        f"{source}unknown config section {name!r}"
+        + (f" (did you mean {hint[0]!r}?)" if hint else f"; sections: {', '.join(known if listed is None else listed)}")
+    )
+
+
 class _Loader(yaml.SafeLoader):
     """YAML 1.2 booleans: only true/false are booleans, so ``train.mixed_precision=no`` stays the string "no"."""
 
@@ -193,11 +203,7 @@ def _apply(config: Config, updates: dict[str, Any], source: str) -> None:
         if section == "preset":
             continue
         if section not in sections:
-            hint = difflib.get_close_matches(section, sections, n=1)
-            raise ConfigError(
-                f"{source}: unknown config section {section!r}"
-                + (f" (did you mean {hint[0]!r}?)" if hint else f"; sections: {', '.join(sections)}")
-            )
+            raise unknown_section(section, sections, f"{source}: ")
         target = getattr(config, section)
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: section {section!r} must be a mapping")
@@ -328,11 +334,7 @@ def merge_sources(
     known += [*STAGES, "preset"]
     for name in overrides:
         if name not in known:
-            hint = difflib.get_close_matches(name, known, n=1)
-            raise ConfigError(
-                f"command line: unknown config section {name!r}"
-                + (f" (did you mean {hint[0]!r}?)" if hint else f"; sections: {', '.join(known[:-1])}")
-            )
+            raise unknown_section(name, known, "command line: ", listed=known[:-1])  # "preset" not listed
     own = overrides.pop(stage, {})
     if not isinstance(own, dict):
         raise ConfigError(f"section {stage!r} must be a mapping")

@@ -13,7 +13,7 @@ Notation: ``alpha_bar`` = alphas_cumprod, ``alpha = sqrt(alpha_bar)``, ``sigma =
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -227,6 +227,36 @@ def _ab(alphas_cumprod: Tensor, t: int) -> Tensor:
     return alphas_cumprod[t] if t >= 0 else torch.tensor(1.0, dtype=alphas_cumprod.dtype)
 
 
+def _steps(alphas_cumprod: Tensor, timesteps: Sequence[int] | Tensor) -> Iterator[tuple[int, int, Tensor, Tensor]]:
+    """(i, t, alpha_bar_t, alpha_bar_s) for each step of a sampler from t to s, the next of ``timesteps``
+    (s = -1 after the last: alpha_bar_s = 1)."""
+    ac = alphas_cumprod.cpu()
+    ts = [int(t) for t in timesteps]
+    for i, t in enumerate(ts):
+        s = ts[i + 1] if i + 1 < len(ts) else -1
+        yield i, t, _ab(ac, t), _ab(ac, s)
+
+
+def _predict(
+    model_fn: ModelFn,
+    x: Tensor,
+    t: int,
+    alpha: Tensor,
+    sigma: Tensor,
+    prediction: str,
+    extra_args: Mapping[str, Tensor],
+    i: int,
+    callback: Callable[[int, Tensor, Tensor], None] | None,
+) -> tuple[Tensor, Tensor]:
+    """(x0, eps) from one model call at x_t = ``x``, integer timestep ``t`` (alpha_t, sigma_t as given);
+    then ``callback(i, x_t, x0)``, if any."""
+    out = model_fn(x, _t_batch(torch.tensor(t), x), **extra_args)
+    x0, eps = to_x0_eps(out, x, alpha, sigma, prediction)
+    if callback is not None:
+        callback(i, x, x0)
+    return x0, eps
+
+
 @torch.no_grad()
 def sample_ddpm(
     model_fn: ModelFn,
@@ -242,19 +272,12 @@ def sample_ddpm(
     fixed small variance, over any descending subsequence of timesteps. One fresh N(0, I) draw from
     ``generator`` per step except the last."""
     extra_args = dict(extra_args or {})
-    ac = alphas_cumprod.cpu()
-    ts = [int(t) for t in timesteps]
-    for i, t in enumerate(ts):
-        s = ts[i + 1] if i + 1 < len(ts) else -1
-        ab_t, ab_s = _ab(ac, t), _ab(ac, s)
+    for i, t, ab_t, ab_s in _steps(alphas_cumprod, timesteps):
         alpha_ts = ab_t / ab_s  # effective alpha between s and t
         beta_t = 1 - alpha_ts
-        out = model_fn(x, _t_batch(torch.tensor(t), x), **extra_args)
-        x0, _ = to_x0_eps(out, x, ab_t.sqrt(), (1 - ab_t).sqrt(), prediction)
+        x0, _ = _predict(model_fn, x, t, ab_t.sqrt(), (1 - ab_t).sqrt(), prediction, extra_args, i, callback)
         # posterior mean, eq. 7
         mean = (ab_s.sqrt() * beta_t / (1 - ab_t)) * x0 + (alpha_ts.sqrt() * (1 - ab_s) / (1 - ab_t)) * x
-        if callback is not None:
-            callback(i, x, x0)
         if t > 0:
             var = ((1 - ab_s) / (1 - ab_t) * beta_t).clamp(min=1e-20)
             noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
@@ -280,15 +303,8 @@ def sample_ddim(
     sampling' pitfall. Note: the previous timestep is the next one in ``timesteps`` (diffusers uses
     t - T // steps, identical whenever steps divides T)."""
     extra_args = dict(extra_args or {})
-    ac = alphas_cumprod.cpu()
-    ts = [int(t) for t in timesteps]
-    for i, t in enumerate(ts):
-        s = ts[i + 1] if i + 1 < len(ts) else -1
-        ab_t, ab_s = _ab(ac, t), _ab(ac, s)
-        out = model_fn(x, _t_batch(torch.tensor(t), x), **extra_args)
-        x0, eps = to_x0_eps(out, x, ab_t.sqrt(), (1 - ab_t).sqrt(), prediction)
-        if callback is not None:
-            callback(i, x, x0)
+    for i, t, ab_t, ab_s in _steps(alphas_cumprod, timesteps):
+        x0, eps = _predict(model_fn, x, t, ab_t.sqrt(), (1 - ab_t).sqrt(), prediction, extra_args, i, callback)
         std = eta * ((1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)).sqrt()
         x_new = ab_s.sqrt() * x0 + (1 - ab_s - std**2).sqrt() * eps
         if eta > 0:
@@ -322,10 +338,7 @@ def sample_dpmpp_2m(
     n = len(ts)
     x0_prev: Tensor | None = None
     for i, t in enumerate(ts):
-        out = model_fn(x, _t_batch(torch.tensor(t), x), **extra_args)
-        x0, _ = to_x0_eps(out, x, alphas[i], sigmas_vp[i], prediction)
-        if callback is not None:
-            callback(i, x, x0)
+        x0, _ = _predict(model_fn, x, t, alphas[i], sigmas_vp[i], prediction, extra_args, i, callback)
         h = lambdas[i + 1] - lambdas[i]
         phi = torch.exp(-h) - 1.0  # -(1 - e^{-h})
         if x0_prev is None or i == n - 1:

@@ -28,7 +28,7 @@ from PIL import Image
 
 from dalle2.models.gan import sentence_embeddings
 from dalle2.pipeline import PipelineError, register
-from dalle2.pipeline_base import check_count, check_prompts, slerp
+from dalle2.pipeline_base import PipelineBase, check_components, check_count, check_prompts, slerp
 
 __all__ = ["GanPipeline", "sentence_embeddings", "slerp_noise", "truncated_noise"]
 
@@ -60,17 +60,15 @@ def truncated_noise(count: int, dim: int, generator: torch.Generator, truncation
         z[outside] = torch.randn(int(outside.sum()), generator=generator)
 
 
-class GanPipeline:
+class GanPipeline(PipelineBase):
     """See the module docstring. Build with :meth:`from_folder` (or ``dalle2.load``)."""
 
     kind = "gan"
 
     def __init__(self, folder: Path, index: dict[str, Any], clip: Any, generator: Any) -> None:
-        self.folder, self.index = Path(folder), index
+        super().__init__(folder, index)
         self.clip, self.generator = clip, generator
         self.resolution = generator.image_size
-        self.device = torch.device("cpu")
-        self.timings: dict[str, float] = {}
 
     @classmethod
     def from_folder(cls, folder: str | Path, index: dict[str, Any] | None = None) -> GanPipeline:
@@ -80,13 +78,7 @@ class GanPipeline:
 
         folder = Path(folder)
         index = index or read_index(folder)
-        components = index.get("components", {})
-        missing = [c for c in ("clip", "gan") if c not in components or not (folder / c).is_dir()]
-        if missing:
-            raise PipelineError(
-                f"{folder}: the GAN pipeline is missing {', '.join(missing)}; train it with "
-                f"`dalle2 train gan --out {folder}`"
-            )
+        check_components(folder, index, ("clip", "gan"), "GAN", "`dalle2 train gan --out {folder}`")
         try:
             clip = ClipModel.load(folder / "clip").requires_grad_(False).eval()
             generator = Generator.from_pretrained(folder / "gan").requires_grad_(False).eval()
@@ -107,11 +99,6 @@ class GanPipeline:
 
     # -- building blocks -----------------------------------------------------------------------------
 
-    def _generator(self, seed: int) -> torch.Generator:
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-            raise PipelineError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
-        return torch.Generator().manual_seed(seed)
-
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         start = time.monotonic()
         embeds = sentence_embeddings(self.clip, prompts)
@@ -130,9 +117,6 @@ class GanPipeline:
             self._tick("generator", start)
             images.extend(tensor_to_pil(img) for img in x)
         return images
-
-    def _tick(self, stage: str, start: float) -> None:
-        self.timings[stage] = self.timings.get(stage, 0.0) + time.monotonic() - start
 
     # -- text to image -------------------------------------------------------------------------------
 

@@ -29,24 +29,22 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dalle2.pipeline import PipelineError, register
-from dalle2.pipeline_base import check_count, check_prompts, slerp
+from dalle2.pipeline_base import PipelineBase, check_components, check_count, check_prompts, slerp
 
 __all__ = ["UnclipPipeline", "slerp"]
 
-class UnclipPipeline:
+
+class UnclipPipeline(PipelineBase):
     """See the module docstring. Build with :meth:`from_folder` (or ``dalle2.load``)."""
 
     kind = "unclip"
 
     def __init__(self, folder: Path, index: dict[str, Any], clip, prior, decoder, upsampler=None) -> None:
-        self.folder = Path(folder)
-        self.index = index
+        super().__init__(folder, index)
         self.clip, self.prior, self.decoder, self.upsampler = clip, prior, decoder, upsampler
         self.base_resolution = decoder.image_size
         self.resolution = upsampler.image_size if upsampler is not None else decoder.image_size
         self.resolutions = sorted({self.base_resolution, self.resolution})  # sizes the model makes natively
-        self.device = torch.device("cpu")
-        self.timings: dict[str, float] = {}
 
     @classmethod
     def from_folder(cls, folder: str | Path, index: dict[str, Any] | None = None) -> UnclipPipeline:
@@ -57,14 +55,8 @@ class UnclipPipeline:
 
         folder = Path(folder)
         index = index or read_index(folder)
-        components = index.get("components", {})
-        missing = [c for c in ("clip", "prior", "decoder") if c not in components or not (folder / c).is_dir()]
-        if missing:
-            step = {"clip": "clip", "prior": "prior", "decoder": "decoder"}[missing[0]]
-            raise PipelineError(
-                f"{folder}: the unCLIP pipeline is missing {', '.join(missing)}; "
-                f"train it with `dalle2 train {step} --out {folder}` (or `dalle2 train all`)"
-            )
+        train = "`dalle2 train {step} --out {folder}` (or `dalle2 train all`)"
+        components = check_components(folder, index, ("clip", "prior", "decoder"), "unCLIP", train)
         try:
             clip = ClipModel.load(folder / "clip").requires_grad_(False).eval()
             prior = DiffusionPrior.from_pretrained(folder / "prior").eval()
@@ -100,11 +92,6 @@ class UnclipPipeline:
         return out
 
     # -- building blocks -----------------------------------------------------------------------------
-
-    def _generator(self, seed: int) -> torch.Generator:
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-            raise PipelineError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
-        return torch.Generator().manual_seed(seed)
 
     def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         emb, hidden, mask = self.clip.encode_prompts(prompts)
@@ -176,9 +163,6 @@ class UnclipPipeline:
             return False
         sizes = " or ".join(str(r) for r in self.resolutions)
         raise PipelineError(f"resolution must be {sizes} (the sizes this model makes), got {resolution!r}")
-
-    def _tick(self, stage: str, start: float) -> None:
-        self.timings[stage] = self.timings.get(stage, 0.0) + time.monotonic() - start
 
     @staticmethod
     def to_pil(x: torch.Tensor) -> list[Image.Image]:

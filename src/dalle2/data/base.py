@@ -20,6 +20,25 @@ class DatasetError(ValueError):
     """A dataset cannot be opened or read; the message says what to do about it."""
 
 
+def check_size(resolution: int, length: int | None) -> int:
+    """``resolution`` as an int; a DatasetError unless it is positive and ``length`` (None: all) is not negative."""
+    if int(resolution) < 1:
+        raise DatasetError(f"resolution must be positive, got {resolution}")
+    if length is not None and int(length) < 0:
+        raise DatasetError(f"length must be non-negative, got {length}")
+    return int(resolution)
+
+
+def sample_index(index: int, n: int, what: str) -> int:
+    """``index`` into ``n`` samples, negative ones counted from the end; an IndexError ("out of range for
+    ``what``") outside."""
+    if index < 0:
+        index += n
+    if not 0 <= index < n:
+        raise IndexError(f"index {index} out of range for {what}")
+    return index
+
+
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """PIL image -> (3, H, W) float32 tensor in [-1, 1]."""
     array = np.asarray(image.convert("RGB"), dtype=np.float32)  # (H, W, 3) in [0, 255]

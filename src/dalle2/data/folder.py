@@ -26,7 +26,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-from dalle2.data.base import DatasetError, Sample, resize_center_crop
+from dalle2.data.base import DatasetError, Sample, check_size, resize_center_crop, sample_index
 from dalle2.text_input import TextError, check_text
 
 __all__ = ["IMAGE_EXTENSIONS", "FolderDataset", "load_image", "to_rgb"]
@@ -92,11 +92,7 @@ class FolderDataset(Dataset):
         cache_bytes: int = 1 << 30,
     ) -> None:
         self.name = "folder"
-        self.resolution = int(resolution)
-        if self.resolution < 1:
-            raise DatasetError(f"resolution must be positive, got {resolution}")
-        if length is not None and int(length) < 0:
-            raise DatasetError(f"length must be non-negative, got {length}")
+        self.resolution = check_size(resolution, length)
         self.root = Path(path).expanduser()
         if not self.root.exists():
             raise DatasetError(f"image folder {self.root} does not exist")
@@ -272,11 +268,7 @@ class FolderDataset(Dataset):
             ) from exc
 
     def __getitem__(self, index: int) -> Sample:
-        n = len(self)
-        if index < 0:
-            index += n
-        if not 0 <= index < n:
-            raise IndexError(f"index {index} out of range for a folder of {n} images")
+        index = sample_index(index, len(self), f"a folder of {len(self)} images")
         array = self.image_uint8(index)
         image = torch.from_numpy(np.ascontiguousarray(array).astype(np.float32)).permute(2, 0, 1)
         return {

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from dalle2.data.base import DatasetError, Sample
+from dalle2.data.base import DatasetError, Sample, sample_index
 
 __all__ = [
     "FASHION_CLASSES",
@@ -263,11 +263,7 @@ class IdxDataset(Dataset):
         return class_prompt(self.name, int(self.labels[index]), template)
 
     def __getitem__(self, index: int) -> Sample:
-        n = len(self)
-        if index < 0:
-            index += n
-        if not 0 <= index < n:
-            raise IndexError(f"index {index} out of range for {self.name} {self.split} ({n} samples)")
+        index = sample_index(index, len(self), f"{self.name} {self.split} ({len(self)} samples)")
         gray = torch.from_numpy(self.image_uint8(index).astype(np.float32)).div_(127.5).sub_(1.0)
         label = int(self.labels[index])
         return {

@@ -48,7 +48,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
-from dalle2.data.base import DatasetError, Sample, pil_to_tensor
+from dalle2.data.base import DatasetError, Sample, pil_to_tensor, sample_index
 
 __all__ = [
     "BACKGROUNDS",
@@ -862,10 +862,7 @@ class ShapesDataset(Dataset):
 
     def scene(self, index: int) -> tuple[Scene, str]:
         """The scene and caption of sample ``index`` (no rendering)."""
-        if index < 0:
-            index += self.length
-        if not 0 <= index < self.length:
-            raise IndexError(f"index {index} out of range for {self.length} samples")
+        index = sample_index(index, self.length, f"{self.length} samples")
         rng = np.random.default_rng([self.seed, SPLITS[self.split], index])
         scene = sample_scene(rng, self.split)
         return scene, caption_scene(scene, rng)

@@ -31,7 +31,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import IterableDataset
 
-from dalle2.data.base import DatasetError, Sample, pil_to_tensor, resize_center_crop, tensor_to_pil
+from dalle2.data.base import DatasetError, Sample, check_size, pil_to_tensor, resize_center_crop, tensor_to_pil
 from dalle2.data.folder import to_rgb
 from dalle2.text_input import TextError, check_text
 
@@ -147,11 +147,7 @@ class ShardDataset(IterableDataset):
     ) -> None:
         super().__init__()
         self.name = "webdataset"
-        self.resolution = int(resolution)
-        if self.resolution < 1:
-            raise DatasetError(f"resolution must be positive, got {resolution}")
-        if length is not None and int(length) < 0:
-            raise DatasetError(f"length must be non-negative, got {length}")
+        self.resolution = check_size(resolution, length)
         self.pattern = pattern
         self.urls = expand_shards(pattern)
         self.length = None if length is None else int(length)

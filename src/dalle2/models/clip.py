@@ -317,9 +317,9 @@ class _AttentionPool(nn.Module):
         tokens = x.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, HW, C)
         tokens = torch.cat([tokens.mean(1, keepdim=True), tokens], dim=1) + self.position  # (B, 1 + HW, C)
         d = c // self.heads
-        q = self.q_proj(tokens[:, :1]).view(b, 1, self.heads, d).transpose(1, 2)  # (B, heads, 1, d)
-        k = self.k_proj(tokens).view(b, -1, self.heads, d).transpose(1, 2)  # (B, heads, 1 + HW, d)
-        v = self.v_proj(tokens).view(b, -1, self.heads, d).transpose(1, 2)  # (B, heads, 1 + HW, d)
+        q = self.q_proj(tokens[:, :1]).view(b, 1, self.heads, d).transpose(1, 2)  # (B, 1, C) -> (B, heads, 1, d)
+        k = self.k_proj(tokens).view(b, -1, self.heads, d).transpose(1, 2)  # (B, 1+HW, C) -> (B, heads, 1+HW, d)
+        v = self.v_proj(tokens).view(b, -1, self.heads, d).transpose(1, 2)  # (B, 1+HW, C) -> (B, heads, 1+HW, d)
         pooled = F.scaled_dot_product_attention(q, k, v)  # (B, heads, 1, d)
         return self.c_proj(pooled.transpose(1, 2).reshape(b, c))  # (B, heads, 1, d) -> (B, C) -> (B, out_dim)
 
@@ -403,6 +403,7 @@ class ClipModel(nn.Module):
             self.vision = CLIPVisionModelWithProjection(vision_config)
             self.image_size = int(vision_config.image_size)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config["init_temperature"])))
+        # (3,) -> (1, 3, 1, 1): per-channel statistics broadcast against (B, 3, H, W)
         self.register_buffer("pixel_mean", torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(OPENAI_STD).view(1, 3, 1, 1), persistent=False)
         if self.source == "pretrained":

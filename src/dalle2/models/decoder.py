@@ -128,7 +128,8 @@ def blur(x: Tensor, sigma: Tensor) -> Tensor:
     k1 = torch.exp(-(r[None] ** 2) / (2 * sigma.to(x)[:, None].clamp(min=1e-3) ** 2))
     k1 = k1 / k1.sum(1, keepdim=True)  # (B, 5)
     kernel = (k1[:, :, None] * k1[:, None, :]).repeat_interleave(c, 0)[:, None]  # (B*C, 1, 5, 5)
-    y = F.pad(x.reshape(1, b * c, h, w), (2, 2, 2, 2), mode="reflect")  # (1, B*C, H+4, W+4): a group each
+    # (B, C, H, W) -> (1, B*C, H, W), padded to (1, B*C, H+4, W+4): a convolution group each
+    y = F.pad(x.reshape(1, b * c, h, w), (2, 2, 2, 2), mode="reflect")
     return F.conv2d(y, kernel, groups=b * c).reshape(b, c, h, w)  # (1, B*C, H, W) -> (B, C, H, W)
 
 

@@ -142,7 +142,6 @@ def sentence_embeddings(clip: Any, captions: list[str]) -> torch.Tensor:
     return clip.encode_text(ids[:, :keep], mask[:, :keep])[0].float()
 
 
-
 def _sn(layer: nn.Module, on: bool) -> nn.Module:
     return nn.utils.parametrizations.spectral_norm(layer) if on else layer
 
@@ -217,7 +216,8 @@ def minibatch_std(h: torch.Tensor, group: int) -> torch.Tensor:
     block size is a multiple of ``group``; a batch that is not gets groups of 1 (a zero map)."""
     b, _, height, width = h.shape
     g = group if b % group == 0 else 1
-    grouped = h.float().reshape(b // g, g, *h.shape[1:])  # consecutive groups (StyleGAN strides them)
+    # (B, C, H, W) -> (B/g, g, C, H, W): consecutive groups (StyleGAN strides them)
+    grouped = h.float().reshape(b // g, g, *h.shape[1:])
     std = (grouped.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (b // g,)
     return std.repeat_interleave(g)[:, None, None, None].expand(b, 1, height, width).to(h.dtype)
 

@@ -139,7 +139,7 @@ def ma_gradient_penalty(
     grads = list(torch.autograd.grad(logits.sum(), (images, embeds), create_graph=True, allow_unused=True))
     if grads[1] is not None and embed_gain != 1.0:
         grads[1] = grads[1] / embed_gain
-    squares = [g.flatten(1).pow(2).sum(1) for g in grads if g is not None]
+    squares = [g.flatten(1).pow(2).sum(1) for g in grads if g is not None]  # each (B, ...) -> (B, N) -> (B,)
     if not squares:
         return logits.sum() * 0.0
     norm2 = torch.stack(squares).sum(0)

@@ -243,7 +243,7 @@ class DiffusionPrior(nn.Module):
         model_fn = diffusion.guided(self, scale, {"drop": torch.ones(1, dtype=torch.bool)})
         x = torch.randn(b * k, c.embed_dim, generator=generator).to(text_embed)
         z = diffusion.sample(sampler, model_fn, x, self.alphas_cumprod, steps, "x0", rep, eta, generator)
-        z = self.stats.denormalize(z).view(b, k, c.embed_dim)  # (B, k, D)
+        z = self.stats.denormalize(z).view(b, k, c.embed_dim)  # (B*k, D) -> (B, k, D)
         return rerank(z, text_embed)
 
     # ------------------------------------------------------------------ save / load
@@ -289,7 +289,7 @@ class DiffusionPrior(nn.Module):
 
 def rerank(candidates: Tensor, text_embed: Tensor) -> Tensor:
     """candidates (B, k, D), text_embed (B, D) -> (B, D): the candidate with the highest z_i . z_t."""
-    scores = torch.einsum("bkd,bd->bk", candidates, text_embed.to(candidates))  # (B, k)
+    scores = torch.einsum("bkd,bd->bk", candidates, text_embed.to(candidates))  # (B, k, D), (B, D) -> (B, k)
     best = scores.argmax(1)  # (B,)
     return candidates[torch.arange(candidates.shape[0]), best]
 

@@ -29,7 +29,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dalle2.config import check_fields
-from dalle2.models.unet import CaptionEncoder, check_caption_encoder, timestep_embedding
+from dalle2.models.unet import (
+    CaptionEncoder,
+    caption_condition,
+    check_caption_encoder,
+    image_condition,
+    timestep_embedding,
+)
 
 __all__ = ["DiffusionTransformer", "TransformerConfig"]
 
@@ -156,26 +162,15 @@ class DiffusionTransformer(nn.Module):
         emb = self.time_mlp(timestep_embedding(t.expand(b), c.width))
         context, masks = [], []
         if self.image_proj is not None:
-            if image_embed is None:
-                raise ValueError(f"this decoder needs image_embed (B, {c.embed_dim})")
-            if drop_image is not None:  # zeroed before both projections: every path sees the null condition
-                image_embed = image_embed * (~drop_image.bool()).to(image_embed.dtype)[:, None]
+            image_embed = image_condition(image_embed, drop_image, "decoder", c.embed_dim)
             emb = emb + self.image_proj(image_embed)
             # (B, K*W) -> (B, K, W): z_i as K extra context tokens (the paper's four)
             context.append(self.image_tokens(image_embed).reshape(b, c.num_image_tokens, -1) + self.context_type[0])
             masks.append(torch.ones(b, c.num_image_tokens, dtype=torch.bool, device=x.device))
         if self.text_proj is not None:
-            if text_tokens is None:
-                raise ValueError(f"this decoder needs text_tokens (B, L, {c.context_dim})")
-            mask = (
-                text_mask.bool()
-                if text_mask is not None
-                else torch.ones(text_tokens.shape[:2], dtype=torch.bool, device=x.device)
+            text_tokens, mask = caption_condition(
+                text_tokens, text_mask, drop_text, self.caption, "decoder", c.context_dim
             )
-            if self.caption is not None:  # token ids -> this decoder's own encodings
-                text_tokens = self.caption(text_tokens, mask)
-            if drop_text is not None:
-                mask = mask & ~drop_text.bool()[:, None]
             context.append(self.text_proj(text_tokens) + self.context_type[1])
             masks.append(mask)
         n_ctx = sum(t_.shape[1] for t_ in context)

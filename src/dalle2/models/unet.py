@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from dalle2.config import check_fields
 
-__all__ = ["UNet", "UNetConfig"]
+__all__ = ["UNet", "UNetConfig", "caption_condition", "image_condition"]
 
 
 @dataclass
@@ -117,6 +117,44 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Ten
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
+def image_condition(image_embed: Tensor | None, drop_image: Tensor | None, owner: str, embed_dim: int) -> Tensor:
+    """The CLIP image embedding z_i (B, D) a network is conditioned on, zeroed in the rows ``drop_image``
+    marks; zeroed before every projection, so every path it enters sees the null condition. ``owner`` and
+    ``embed_dim`` name the network in the error when z_i is missing."""
+    if image_embed is None:
+        raise ValueError(f"this {owner} needs image_embed (B, {embed_dim})")
+    if drop_image is None:
+        return image_embed
+    return image_embed * (~drop_image.bool()).to(image_embed.dtype)[:, None]
+
+
+def caption_condition(
+    text_tokens: Tensor | None,
+    text_mask: Tensor | None,
+    drop_text: Tensor | None,
+    caption: CaptionEncoder | None,
+    owner: str,
+    context_dim: int,
+) -> tuple[Tensor, Tensor]:
+    """(caption token encodings (B, L, context_dim), mask (B, L) bool) a network is conditioned on.
+
+    ``text_tokens`` are another model's encodings, or token ids (B, L) that ``caption`` (the network's own
+    :class:`CaptionEncoder`) encodes; a missing ``text_mask`` means every token is real. The rows
+    ``drop_text`` marks are masked out entirely (after encoding: the encoder still sees the caption)."""
+    if text_tokens is None:
+        raise ValueError(f"this {owner} needs text_tokens (B, L, {context_dim})")
+    mask = (
+        text_mask.bool()
+        if text_mask is not None
+        else torch.ones(text_tokens.shape[:2], dtype=torch.bool, device=text_tokens.device)
+    )
+    if caption is not None:  # token ids -> the network's own encodings
+        text_tokens = caption(text_tokens, mask)
+    if drop_text is not None:
+        mask = mask & ~drop_text.bool()[:, None]
+    return text_tokens, mask
+
+
 def _norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(32, channels // 4), channels)
 
@@ -158,7 +196,7 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
         b, c, h, w = x.shape
-        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, C, HW) -> (B, HW, C)
         q, k, v = self.qkv(tokens).chunk(3, dim=-1)
         mask = None
         if self.context_kv is not None and context is not None:
@@ -299,26 +337,15 @@ class UNet(nn.Module):
             emb = emb + self.noise_mlp(timestep_embedding(noise_level.expand(batch), c.channels[0]))
         parts, masks = [], []
         if self.image_proj is not None:
-            if image_embed is None:
-                raise ValueError(f"this UNet needs image_embed (B, {c.embed_dim})")
-            if drop_image is not None:  # zeroed before both projections: every path sees the null condition
-                image_embed = image_embed * (~drop_image.bool()).to(image_embed.dtype)[:, None]
+            image_embed = image_condition(image_embed, drop_image, "UNet", c.embed_dim)
             emb = emb + self.image_proj(image_embed)
             tokens = self.image_tokens(image_embed).reshape(batch, c.num_image_tokens, -1)  # (B, K*D) -> (B, K, D)
             parts.append(tokens)
             masks.append(torch.ones(batch, c.num_image_tokens, dtype=torch.bool, device=tokens.device))
         if self.text_proj is not None:
-            if text_tokens is None:
-                raise ValueError(f"this UNet needs text_tokens (B, L, {c.context_dim})")
-            mask = (
-                text_mask.bool()
-                if text_mask is not None
-                else torch.ones(text_tokens.shape[:2], dtype=torch.bool, device=text_tokens.device)
+            text_tokens, mask = caption_condition(
+                text_tokens, text_mask, drop_text, self.caption, "UNet", c.context_dim
             )
-            if self.caption is not None:  # token ids -> this decoder's own encodings
-                text_tokens = self.caption(text_tokens, mask)
-            if drop_text is not None:
-                mask = mask & ~drop_text.bool()[:, None]
             if self.text_pool_proj is not None:  # the last real token of each caption (zero when dropped)
                 last = mask.long().cumsum(1).argmax(1)  # index of the last True (0 if none)
                 final = text_tokens[torch.arange(batch, device=text_tokens.device), last]

@@ -32,7 +32,7 @@ import yaml
 
 from dalle2.models.clip import ClipConfig, ClipError, ClipModel
 from dalle2.pipeline import FORMAT, FORMAT_VERSION
-from dalle2.stages.common import default_trackers, printer, stage_options, train_summary
+from dalle2.stages.common import default_trackers, printer, resolve_options, stage_options, train_summary
 
 __all__ = ["evaluate_clip", "train_clip", "write_model_index"]
 
@@ -46,22 +46,6 @@ ZERO_SHOT_ATTRIBUTES = (
     ("position", "position", "position_images"),
     ("relation", "relation", "relation_images"),
 )
-
-
-def _resolve(
-    preset: str,
-    config_path: str | None,
-    sets: list[str],
-    max_steps: int | None,
-    max_minutes: float | None,
-    data: str | None,
-    text_encoder: str | None,
-) -> tuple[Any, ClipConfig]:
-    from dalle2.config import resolve_stage
-
-    options = {"max_steps": max_steps, "max_minutes": max_minutes, "data": data, "text_encoder": text_encoder}
-    config, section, _ = resolve_stage("clip", preset, config_path, sets, options)
-    return config, ClipConfig(**section)
 
 
 def _captions(dataset: Any, limit: int):
@@ -216,15 +200,8 @@ def train_clip(args: argparse.Namespace | dict[str, Any] | None = None, **kwargs
     log = printer(bool(opts.get("quiet")))
 
     out = Path(opts["out"])
-    config, clip_config = _resolve(
-        opts.get("preset") or "cpu",
-        opts.get("config"),
-        list(opts.get("overrides") or opts.get("set") or []),
-        opts.get("max_steps"),
-        opts.get("max_minutes"),
-        opts.get("data"),
-        opts.get("text_encoder"),
-    )
+    config, section, _ = resolve_options("clip", opts)
+    clip_config = ClipConfig(**section)
     log(config.to_yaml() + yaml.safe_dump({"clip": clip_config.__dict__}, sort_keys=False).rstrip())
 
     from dalle2.data import open_dataset

@@ -1,5 +1,5 @@
-"""What every training stage shares: options, logging, the frozen CLIP, trackers and the train summary
-(the config is resolved by :func:`dalle2.config.resolve_stage`)."""
+"""What every training stage shares: options and the config resolved from them (by
+:func:`dalle2.config.resolve_stage`), logging, the frozen CLIP, trackers and the train summary."""
 
 from __future__ import annotations
 
@@ -14,6 +14,18 @@ def stage_options(args: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     opts = dict(vars(args) if isinstance(args, argparse.Namespace) else (args or {}))
     opts.update(kwargs)
     return opts
+
+
+def resolve_options(stage: str, opts: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """:func:`dalle2.config.resolve_stage` for a stage's options: ``preset`` (default "cpu"), ``config``
+    (YAML), ``overrides`` (or ``set``: ``section.key=value`` strings) and the dedicated options
+    (:data:`dalle2.config.STAGE_OPTIONS`; one of another stage's section, such as ``text_encoder`` outside
+    the CLIP stage, does nothing). Returns (Config, the stage's section, its stage keys)."""
+    from dalle2.config import STAGE_OPTIONS, resolve_stage
+
+    sets = list(opts.get("overrides") or opts.get("set") or [])
+    options = {key: opts.get(key) for key in STAGE_OPTIONS}
+    return resolve_stage(stage, opts.get("preset") or "cpu", opts.get("config"), sets, options)
 
 
 def printer(quiet: bool):

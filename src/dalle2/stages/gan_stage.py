@@ -39,7 +39,7 @@ import yaml
 from dalle2.models.gan import GanConfig, sentence_embeddings
 from dalle2.models.gan_objective import ObjectiveConfig
 from dalle2.presets import GAN_DEFAULTS
-from dalle2.stages.common import default_trackers, printer, stage_options, train_summary
+from dalle2.stages.common import default_trackers, printer, resolve_options, stage_options, train_summary
 
 __all__ = ["GAN_DEFAULTS", "GanStageError", "evaluate_gan", "train_gan"]
 
@@ -61,11 +61,7 @@ class GanStageError(ValueError):
 
 def resolve(opts: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """-> (Config, gan keys); every key checked, the networks and objective built once to validate them."""
-    from dalle2.config import STAGE_OPTIONS, resolve_stage
-
-    sets = list(opts.get("overrides") or opts.get("set") or [])
-    options = {key: opts.get(key) for key in STAGE_OPTIONS}
-    config, keys, _ = resolve_stage("gan", opts.get("preset") or "cpu", opts.get("config"), sets, options)
+    config, keys, _ = resolve_options("gan", opts)
     _check(keys, config)
     return config, keys
 

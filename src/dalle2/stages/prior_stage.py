@@ -39,6 +39,7 @@ from dalle2.stages.common import (
     default_trackers,
     load_frozen_clip,
     printer,
+    resolve_options,
     stage_options,
     train_summary,
 )
@@ -53,21 +54,6 @@ class PriorStageError(ValueError):
 
 
 # -- configuration -----------------------------------------------------------------------------------
-
-
-def _resolve(
-    preset: str,
-    config_path: str | None,
-    sets: list[str],
-    max_steps: int | None,
-    max_minutes: float | None,
-    data: str | None,
-) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """-> (Config, the prior section: every PriorConfig field, stage keys)."""
-    from dalle2.config import resolve_stage
-
-    options = {"max_steps": max_steps, "max_minutes": max_minutes, "data": data}
-    return resolve_stage("prior", preset, config_path, sets, options)
 
 
 def _prior_config(section: dict[str, Any], clip_dims: dict[str, int]) -> PriorConfig:
@@ -182,15 +168,7 @@ def train_prior(args: argparse.Namespace | dict[str, Any] | None = None, **kwarg
     log = printer(bool(opts.get("quiet")))
 
     out = Path(opts["out"])
-    preset = opts.get("preset") or "cpu"
-    config, model_section, stage = _resolve(
-        preset,
-        opts.get("config"),
-        list(opts.get("overrides") or opts.get("set") or []),
-        opts.get("max_steps"),
-        opts.get("max_minutes"),
-        opts.get("data"),
-    )
+    config, model_section, stage = resolve_options("prior", opts)  # the section: every PriorConfig field
     clip = load_frozen_clip(out, "prior", PriorStageError)
 
     from dalle2.data import open_dataset
