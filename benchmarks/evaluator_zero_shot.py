@@ -4,7 +4,7 @@
 
 On single-object ``shapes`` test images (64x64), each image embedding is compared with the text embeddings
 of "a COLOUR SHAPE" for every colour at the true shape (colour accuracy) and every shape at the true colour
-(shape accuracy), with ``dalle2.eval.zero_shot``, as the CLIP stage's report does for the pipeline's own
+(shape accuracy), with ``dalle2.stages.zero_shot``, as the CLIP stage's report does for the pipeline's own
 CLIP. Its image tower is the feature space of ``FD_clip-shapes-v1``, so this says how much of FD on
 ``shapes`` can be about shape.
 Writes ``benchmarks/results/evaluator_zero_shot.{json,md}``.
@@ -29,7 +29,7 @@ def main() -> None:
 
     from dalle2.data import open_dataset
     from dalle2.eval.clip_evaluator import ClipScorer
-    from dalle2.eval.zero_shot import attribute_accuracy, single_object
+    from dalle2.stages.zero_shot import attribute_accuracy, single_object
 
     scorer = ClipScorer.load("clip-shapes-v1")
     dataset = open_dataset("shapes", split="test", resolution=64, seed=0, length=args.samples)

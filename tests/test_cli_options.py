@@ -21,8 +21,12 @@ def usage_error(capsys, *argv: str) -> str:
 def test_float_range_bounds_and_messages():
     unit = float_range(0, 1, low_open=True)
     assert unit("1") == 1.0 and unit("0.25") == 0.25
-    for bad, message in (("0", "must be greater than 0 and at most 1, got 0"), ("1.5", "got 1.5"),
-                         ("nan", "got nan"), ("x", "expected a number, got 'x'")):
+    for bad, message in (
+        ("0", "must be greater than 0 and at most 1, got 0"),
+        ("1.5", "got 1.5"),
+        ("nan", "got nan"),
+        ("x", "expected a number, got 'x'"),
+    ):
         with pytest.raises(argparse.ArgumentTypeError, match=message):
             unit(bad)
     seconds = float_range(0, unit="a number of seconds", note="0 = none")

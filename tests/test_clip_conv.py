@@ -172,7 +172,7 @@ def test_vit_folders_without_vision_arch_load_unchanged(folder):
 
 def test_bundled_clip_still_names_the_colour():
     """The bundled ViT CLIP loaded through the new code keeps its measured behaviour (report.json: colour 1.0)."""
-    from dalle2.eval.zero_shot import attribute_accuracy
+    from dalle2.stages.zero_shot import attribute_accuracy
 
     model = ClipModel.load(BUNDLED / "unclip-shapes" / "clip")
     data = ShapesDataset("test", 32, length=60)

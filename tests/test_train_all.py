@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dalle2.cli import main
-from dalle2.stages.all_stage import TrainAllError, run_eval, scaled_max_steps, stage_done, train_all
+from dalle2.train_all import TrainAllError, run_eval, scaled_max_steps, stage_done, train_all
 from dalle2.training.checkpoint import latest_checkpoint, step_of
 from dalle2.training.trainer import Trainer
 

@@ -1,4 +1,4 @@
-"""dalle2.eval.zero_shot: colour, shape, count, position and relation accuracy on hand-built embedding spaces."""
+"""dalle2.stages.zero_shot: colour, shape, count, position and relation accuracy on hand-built embedding spaces."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import zlib
 import torch
 
 from dalle2.data.shapes import CELLS, COLORS, RELATIONS, SHAPES, ShapesDataset, scene_from_spec, scene_meta
-from dalle2.eval.zero_shot import (
+from dalle2.stages.zero_shot import (
     attribute_accuracy,
     count_accuracy,
     count_prompts,

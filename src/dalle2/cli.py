@@ -321,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     from dalle2.stages.gan_cli import register as register_gan
 
     register_gan(train_commands)
-    from dalle2.stages.all_cli import register as register_all
+    from dalle2.train_all_cli import register as register_all
 
     register_all(train_commands)
 

@@ -9,7 +9,7 @@ of trained. The report (printed and written to ``OUT/clip/report.json``):
 
 * retrieval on held-out (test split) pairs: text->image and image->text recall@1 and @5, each query
   ranked among the other members of its chunk of 100 (chance: 1% and 5%);
-* on ``shapes``, zero-shot accuracy (:func:`dalle2.eval.zero_shot.zero_shot_report`): colour, shape and
+* on ``shapes``, zero-shot accuracy (:func:`dalle2.stages.zero_shot.zero_shot_report`): colour, shape and
   position on single-object test images, count on count scenes, relation on relation scenes, each
   against prompts that differ only in that attribute, with its chance level;
 * the training minutes (``train_minutes``).
@@ -146,7 +146,7 @@ def evaluate_clip(model: ClipModel, dataset_spec: str, resolution: int, samples:
     report["retrieval"]["chance_r1"] = 1 / max(chunk, 1)
     report["retrieval"]["chance_r5"] = min(1.0, 5 / max(chunk, 1))
     if dataset_spec.partition(":")[0] == "shapes":
-        from dalle2.eval.zero_shot import zero_shot_report
+        from dalle2.stages.zero_shot import zero_shot_report
 
         report["zero_shot"] = zero_shot_report(
             image_embeds, [s["meta"] for s in items], lambda prompts: model.encode_prompts(prompts)[0]

@@ -53,6 +53,6 @@ def register(train_subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     """The ``dalle2 train all`` handler."""
-    from dalle2.stages.all_stage import train_all
+    from dalle2.train_all import train_all
 
     train_all(args)
