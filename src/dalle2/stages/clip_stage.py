@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import yaml
 
-from dalle2.folder_format import update_model_index, write_json_atomic, write_text_atomic
+from dalle2.folder_format import update_model_index, write_json_atomic
 from dalle2.models.clip import ClipConfig, ClipError, ClipModel
 from dalle2.stages.common import default_trackers, printer, stage_options, train_summary
 
@@ -82,7 +82,7 @@ def _tokenizer(out: Path, config: Any, dataset: Any, log) -> Any:
         _captions(dataset, limit), vocab_size=config.text.vocab_size, max_length=config.text.max_length
     )
     path = tokenizer.save(folder)
-    write_text_atomic(folder / "config.yaml", config.to_yaml())
+    config.save(folder / "config.yaml")
     log(f"trained {path} (vocabulary {tokenizer.vocab_size}, max length {tokenizer.max_length})")
     return tokenizer
 
