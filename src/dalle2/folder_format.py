@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -99,10 +100,17 @@ def _fsync_path(path: Path) -> None:
             os.close(fd)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it: done once, at import
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
+
+
+def _umask() -> int:
+    return _UMASK
 
 
 def _file_mode() -> int:
@@ -194,7 +202,7 @@ def write_folder_atomic(dest: str | Path, fill: Callable[[Path], None]) -> Path:
         os.chmod(tmp, _dir_mode())
         old = None
         if dest.exists():
-            old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+            old = dest.parent / f".{dest.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             os.replace(dest, old)
         os.replace(tmp, dest)
         _fsync_path(dest.parent)
