@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from dalle2.models.clip import ClipError, ClipModel
+from dalle2.folder_format import FolderError, MissingFileError
+from dalle2.models.clip import ClipModel
 from dalle2.models.prior import DiffusionPrior
 from dalle2.pipeline import PipelineError, read_index
 
@@ -36,13 +37,13 @@ def _edit_json(path: Path, **changes) -> None:
 
 def test_clip_config_from_the_future(folder):
     _edit_json(folder / "clip" / "config.json", config_version=99)
-    with pytest.raises(ClipError, match="CLIP config version 99; this dalle2 reads version 1"):
+    with pytest.raises(FolderError, match=r"clip/config\.json: format version 99; this dalle2 reads version 1"):
         ClipModel.load(folder / "clip")
 
 
 def test_prior_config_from_the_future(folder):
     _edit_json(folder / "prior" / "config.json", format_version=99)
-    with pytest.raises(ValueError, match="has format version 99; this dalle2 reads version 1"):
+    with pytest.raises(FolderError, match=r"prior/config\.json: format version 99; this dalle2 reads version 1"):
         DiffusionPrior.from_pretrained(folder / "prior")
 
 
@@ -73,7 +74,7 @@ def test_clip_weights_of_another_width(folder):
     config = json.loads((folder / "clip" / "config.json").read_text())
     config["vision_config"]["hidden_size"] *= 2
     (folder / "clip" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ClipError, match=r"weights do not match the config \(size mismatch for vision\."):
+    with pytest.raises(FolderError, match=r"model.safetensors does not match config.json \(size mismatch for vision\."):
         ClipModel.load(folder / "clip")
 
 
@@ -82,13 +83,13 @@ def test_clip_weights_of_another_width(folder):
 
 def test_missing_prior_weights(folder):
     (folder / "prior" / "model.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="is missing model.safetensors"):
+    with pytest.raises(MissingFileError, match=r"prior/model\.safetensors: file not found"):
         DiffusionPrior.from_pretrained(folder / "prior")
 
 
 def test_missing_clip_weights(folder):
     (folder / "clip" / "model.safetensors").unlink()
-    with pytest.raises(ClipError, match=r"not a saved CLIP \(needs config.json and model.safetensors\)"):
+    with pytest.raises(MissingFileError, match=r"clip/model\.safetensors: file not found"):
         ClipModel.load(folder / "clip")
 
 

@@ -65,7 +65,7 @@ def test_tiny_training_writes_a_loadable_scorer(tiny_model, shapes_test):
     assert {p.name for p in folder.iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json"}
     meta = json.loads((folder / "config.json").read_text())
     assert meta["name"] == "clip-shapes-v1" and meta["version"] == 1 and meta["dataset"] == "shapes"
-    assert meta["seed"] == 7 and meta["architecture"] == "EvalCLIP"
+    assert meta["seed"] == 7 and meta["class"] == "EvalCLIP" and meta["format"] == "dalle2-component"
     assert meta["trained_with"].startswith("dalle2 train evaluators --which clip-shapes")
     assert meta["train_seconds"] >= 0
     for key in METRICS:

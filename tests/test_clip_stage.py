@@ -11,6 +11,7 @@ import torch
 
 from dalle2.config import ConfigError
 from dalle2.data import DatasetError
+from dalle2.folder_format import FolderError
 from dalle2.models.clip import ClipError, ClipModel, clip_loss, clip_preset
 from dalle2.stages.clip_cli import TEXT_ENCODER_CHOICES, register
 from dalle2.stages.clip_stage import train_clip
@@ -197,7 +198,10 @@ def test_bad_inputs(tmp_path):
     for bad in (tmp_path / "notclip", tmp_path / "absent"):
         with pytest.raises(ClipError, match="--clip"):
             train_clip(out=str(tmp_path / "b"), data="shapes", preset="tiny", clip=str(bad), quiet=True)
-    with pytest.raises(ClipError, match="not a saved CLIP"):
+    with pytest.raises(FolderError, match=r"notclip/model\.safetensors: file not found"):
+        ClipModel.load(tmp_path / "notclip")
+    (tmp_path / "notclip" / "model.safetensors").write_bytes(b"")
+    with pytest.raises(FolderError, match=r"notclip/config\.json: no component header"):
         ClipModel.load(tmp_path / "notclip")
 
 

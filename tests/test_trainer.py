@@ -294,7 +294,8 @@ def test_save_ema_component_round_trip(tmp_path):
     trainer = make_trainer(tmp_path / "run", max_steps=3)
     trainer.train()
     folder = trainer.save_ema(tmp_path / "pipe" / "toy", {"hidden": 16})
-    assert json.loads((folder / "config.json").read_text()) == {"hidden": 16}
+    header = {"format": "dalle2-component", "format_version": 1, "class": "Sequential"}
+    assert json.loads((folder / "config.json").read_text()) == {**header, "hidden": 16}
     fresh = make_model()
     load_weights(fresh, folder / "model.safetensors")
     for name, value in trainer.ema_model.state_dict().items():

@@ -110,7 +110,9 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_yaml())
+        from dalle2.folder_format import write_text_atomic
+
+        write_text_atomic(path, self.to_yaml())
 
 
 #: the shared sections per preset (overrides on the dataclass defaults); see :mod:`dalle2.presets`

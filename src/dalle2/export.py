@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+
+from dalle2.folder_format import FolderError, load_tensors, write_folder_atomic, write_model_index, write_tensors_atomic
 
 __all__ = ["ExportError", "export_pipeline"]
 
@@ -46,15 +45,15 @@ def _stage_record(report: dict[str, Any]) -> dict[str, Any]:
 
 def _copy_weights(source: Path, dest: Path, half: bool) -> None:
     try:
-        tensors = load_file(str(source))
-    except Exception as error:  # safetensors' own error type for corrupt files
-        raise ExportError(f"{source}: not a readable safetensors file ({error})") from None
+        tensors = load_tensors(source)
+    except FolderError as error:
+        raise ExportError(str(error)) from None
     if half:
         tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
         for name, tensor in tensors.items():
             if tensor.is_floating_point() and not torch.isfinite(tensor).all():
                 raise ExportError(f"{source}: {name} does not fit in float16; export with --no-half")
-    save_file(tensors, str(dest), metadata={"format": "pt"})
+    write_tensors_atomic(dest, tensors)
 
 
 def export_pipeline(
@@ -75,8 +74,9 @@ def export_pipeline(
 
     components = index.get("components") or {}
     stages: dict[str, Any] = {}
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=dest.parent if dest.parent.exists() else None))
-    try:
+
+    def fill(tmp: Path) -> None:
+        nonlocal index
         for name, entry in components.items():
             folder = source / entry.get("folder", name)
             if not folder.is_dir():
@@ -104,14 +104,9 @@ def export_pipeline(
         if note:
             provenance["note"] = note
         index = {**index, "provenance": provenance}
-        (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-        if dest.exists():
-            shutil.rmtree(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_model_index(tmp, index)
+
+    write_folder_atomic(dest, fill)  # built under a temporary name beside dest, then renamed into place
     return index
 
 

@@ -8,15 +8,16 @@ called the same way: ``pipe(prompts, n=1, seed=0) -> list[PIL.Image]``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from PIL import Image
 
-FORMAT = "dalle2"
-FORMAT_VERSION = 1
+from dalle2.folder_format import INDEX_FORMAT, INDEX_FORMAT_VERSION, FolderError, read_model_index
+
+FORMAT = INDEX_FORMAT  # model_index.json's format and version: dalle2.folder_format owns them
+FORMAT_VERSION = INDEX_FORMAT_VERSION
 
 
 class PipelineError(ValueError):
@@ -44,25 +45,12 @@ def register(kind: str, loader: Callable[[Path, dict[str, Any]], Pipeline]) -> N
 
 
 def read_index(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    index_file = path / "model_index.json"
-    if not path.is_dir():
-        raise PipelineError(f"model folder not found: {path}")
-    if not index_file.is_file():
-        raise PipelineError(f"{path} is not a dalle2 pipeline folder (no model_index.json)")
+    """``path/model_index.json`` with its format checked (:func:`dalle2.folder_format.read_model_index`);
+    any problem is a PipelineError naming the file."""
     try:
-        index = json.loads(index_file.read_text())
-    except json.JSONDecodeError as error:
-        raise PipelineError(f"{index_file}: not valid JSON ({error.msg})") from None
-    if index.get("format") != FORMAT:
-        raise PipelineError(f"{index_file}: format {index.get('format')!r} is not {FORMAT!r}")
-    version = index.get("format_version")
-    if version != FORMAT_VERSION:
-        raise PipelineError(
-            f"{index_file}: format version {version!r}; this dalle2 reads version {FORMAT_VERSION} "
-            "(upgrade dalle2, or retrain the model with this version)"
-        )
-    return index
+        return read_model_index(path)
+    except FolderError as error:
+        raise PipelineError(str(error)) from None
 
 
 # model families that ship with dalle2: imported (and so registered) when first needed

@@ -15,6 +15,7 @@ import torch
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from dalle2.folder_format import write_text_atomic
 from dalle2.text_input import TextError, check_text
 
 __all__ = ["SPECIAL_TOKENS", "TextError", "Tokenizer", "TokenizerError", "check_text"]
@@ -81,10 +82,7 @@ class Tokenizer:
         if path.suffix != ".json":
             path.mkdir(parents=True, exist_ok=True)
             path = path / "tokenizer.json"
-        tmp = path.with_suffix(".json.tmp")
-        self.backend.save(str(tmp))
-        tmp.replace(path)
-        return path
+        return write_text_atomic(path, self.backend.to_str(pretty=True))
 
     def encode(self, texts: str | list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Texts -> ``ids`` (B, max_length) int64 and ``mask`` (B, max_length) bool (True = real token).

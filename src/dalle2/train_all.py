@@ -163,12 +163,9 @@ def _stage_functions() -> dict[str, Callable[..., dict[str, Any]]]:
 
 
 def _write_summary(out: Path, summary: dict[str, Any]) -> Path:
-    path = out / SUMMARY_FILE
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    from dalle2.folder_format import write_json_atomic
+
+    return write_json_atomic(out / SUMMARY_FILE, summary)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

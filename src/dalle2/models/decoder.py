@@ -25,24 +25,22 @@ the mask comes from the model's own detached x0 estimate instead, which keeps th
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from dalle2 import diffusion
 from dalle2.config import check_fields
+from dalle2.folder_format import CONFIG_FILE, FolderError, load_component_config, load_weights, save_component
 from dalle2.models.transformer import DiffusionTransformer, TransformerConfig
 from dalle2.models.unet import UNet, UNetConfig
 
-__all__ = ["DiffusionConfig", "ImageDiffusion", "blur", "load_component_error"]
+__all__ = ["DiffusionConfig", "ImageDiffusion", "blur"]
 
-FORMAT_VERSION = 1
 ARCHES = ("transformer", "unet")
 
 
@@ -131,10 +129,6 @@ def blur(x: Tensor, sigma: Tensor) -> Tensor:
     # (B, C, H, W) -> (1, B*C, H, W), padded to (1, B*C, H+4, W+4): a convolution group each
     y = F.pad(x.reshape(1, b * c, h, w), (2, 2, 2, 2), mode="reflect")
     return F.conv2d(y, kernel, groups=b * c).reshape(b, c, h, w)  # (1, B*C, H, W) -> (B, C, H, W)
-
-
-def load_component_error(folder: Path, what: str) -> ValueError:
-    return ValueError(f"{what} folder {folder}: missing config.json or model.safetensors (train it first)")
 
 
 class ImageDiffusion(nn.Module):
@@ -322,47 +316,17 @@ class ImageDiffusion(nn.Module):
     # -- save / load ---------------------------------------------------------------------------------
 
     def save_pretrained(self, folder: str | Path) -> Path:
-        d = Path(folder)
-        d.mkdir(parents=True, exist_ok=True)
-        meta = {"format_version": FORMAT_VERSION, "class": "ImageDiffusion", **self.config.to_dict()}
-        tmp = d / "config.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(d / "model.safetensors.tmp"))
-        (d / "model.safetensors.tmp").replace(d / "model.safetensors")
-        tmp.replace(d / "config.json")
-        return d
+        """Write ``config.json`` + ``model.safetensors`` (:func:`dalle2.folder_format.save_component`)."""
+        return save_component(folder, self, self.config.to_dict(), "ImageDiffusion")
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> ImageDiffusion:
+        """Load a saved decoder / upsampler; any problem is a FolderError naming the file."""
         d = Path(folder)
-        if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
-            raise load_component_error(d, "decoder/upsampler")
-        try:
-            meta = json.loads((d / "config.json").read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{d / 'config.json'}: not valid JSON ({error.msg})") from None
-        version = meta.pop("format_version", None)
-        meta.pop("class", None)
-        if version != FORMAT_VERSION:
-            raise ValueError(
-                f"{d}: format version {version}; this dalle2 reads version {FORMAT_VERSION}. "
-                "Retrain this component or use the dalle2 version that wrote it."
-            )
+        meta = load_component_config(d, "ImageDiffusion")
         try:
             model = cls(DiffusionConfig.from_dict(meta))
         except (TypeError, ValueError) as error:
-            raise ValueError(f"{d / 'config.json'}: {error}") from None
-        try:
-            state = load_file(str(d / "model.safetensors"))
-        except Exception as error:  # safetensors raises its own error type for corrupt files
-            raise ValueError(f"{d / 'model.safetensors'}: cannot be read ({error})") from None
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as error:
-            lines = str(error).splitlines()
-            raise ValueError(
-                f"{d}: model.safetensors does not match config.json "
-                f"({lines[1].strip() if len(lines) > 1 else lines[0]} ...); was it saved with another config?"
-            ) from None
+            raise FolderError(f"{d / CONFIG_FILE}: {error}") from None
+        load_weights(model, d)
         return model.eval()

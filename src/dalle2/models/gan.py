@@ -22,7 +22,6 @@ is what a GAN pipeline folder ships: ``Generator.save_pretrained`` / ``Generator
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -32,11 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dalle2.folder_format import CONFIG_FILE, load_component_config, load_weights, save_component
+
 __all__ = ["ARCHS", "Discriminator", "GanConfig", "GanConfigError", "Generator", "sentence_embeddings"]
 
 ARCHS = ("dfgan", "article")
 EMBED_SCALES = ("none", "unit")
-CONFIG_VERSION = 1
 
 
 class GanConfigError(ValueError):
@@ -330,25 +330,18 @@ class Generator(nn.Module):
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """``folder/config.json`` + ``folder/model.safetensors``, each written atomically."""
-        from dalle2.training.checkpoint import save_component
-
-        return save_component(
-            self, folder, {"model": "gan-generator", "config_version": CONFIG_VERSION, **self.config.to_dict()}
-        )
+        return save_component(folder, self, self.config.to_dict(), "Generator")
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> Generator:
-        from dalle2.training.checkpoint import load_weights
-
+        """Load a saved generator; any problem with the folder is a FolderError naming the file."""
         folder = Path(folder)
+        data = load_component_config(folder, "Generator")
         try:
-            data = json.loads((folder / "config.json").read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise GanConfigError(f"{folder / 'config.json'}: cannot read the generator config ({error})") from None
-        if data.pop("model", None) != "gan-generator" or data.pop("config_version", None) != CONFIG_VERSION:
-            raise GanConfigError(f"{folder}: not a version-{CONFIG_VERSION} GAN generator folder")
-        model = cls(GanConfig.from_dict(data))
-        load_weights(model, folder / "model.safetensors")
+            model = cls(GanConfig.from_dict(data))
+        except GanConfigError as error:
+            raise GanConfigError(f"{folder / CONFIG_FILE}: {error}") from None
+        load_weights(model, folder)
         return model.eval()
 
 

@@ -14,20 +14,28 @@ never clamped: clamping scaled embeddings to [-1, 1] destroys them.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from diffusers import PriorTransformer
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from dalle2 import diffusion
 from dalle2.config import check_fields
+from dalle2.folder_format import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    FolderError,
+    load_component_config,
+    load_tensors,
+    load_weights,
+    save_component,
+    write_tensors_atomic,
+)
 
-FORMAT_VERSION = 1
+STATS_FILE = "embedding_stats.safetensors"
 
 
 @dataclass
@@ -95,14 +103,13 @@ class EmbeddingStats:
         return z * self.std.to(z) + self.mean.to(z)
 
     def save(self, path: str | Path) -> None:
-        save_file({"mean": self.mean.contiguous(), "std": self.std.contiguous()}, str(path))
+        write_tensors_atomic(path, {"mean": self.mean, "std": self.std})
 
     @classmethod
     def load(cls, path: str | Path) -> EmbeddingStats:
-        try:
-            d = load_file(str(path))
-        except Exception as error:  # safetensors' own error type for corrupt files
-            raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
+        d = load_tensors(path)
+        if "mean" not in d or "std" not in d:
+            raise FolderError(f"{path}: not embedding statistics (needs the tensors mean and std)")
         return cls(mean=d["mean"], std=d["std"])
 
 
@@ -247,43 +254,24 @@ class DiffusionPrior(nn.Module):
         return rerank(z, text_embed)
 
     # ------------------------------------------------------------------ save / load
-    def save_pretrained(self, directory: str | Path) -> None:
+    def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``config.json``, ``model.safetensors`` and ``embedding_stats.safetensors``."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        meta = {"format_version": FORMAT_VERSION, "class": "DiffusionPrior", **asdict(self.config)}
-        (d / "config.json").write_text(json.dumps(meta, indent=2))
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(d / "model.safetensors"))
-        self.stats.save(d / "embedding_stats.safetensors")
+        self.stats.save(d / STATS_FILE)
+        return save_component(d, self, asdict(self.config), "DiffusionPrior")
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> DiffusionPrior:
+        """Load a saved prior; any problem is a FolderError naming the file."""
         d = Path(directory)
-        for name in ("config.json", "model.safetensors", "embedding_stats.safetensors"):
-            if not (d / name).is_file():
-                raise FileNotFoundError(f"prior folder {d} is missing {name}")
-        meta = json.loads((d / "config.json").read_text())
-        version = meta.pop("format_version", None)
-        meta.pop("class", None)
-        if version != FORMAT_VERSION:
-            raise ValueError(
-                f"prior folder {d} has format version {version}; this dalle2 reads version "
-                f"{FORMAT_VERSION}. Retrain the prior or use a matching dalle2 version."
-            )
-        model = cls(PriorConfig.from_dict(meta), EmbeddingStats.load(d / "embedding_stats.safetensors"))
+        meta = load_component_config(d, "DiffusionPrior", require=(WEIGHTS_FILE, STATS_FILE))
         try:
-            state = load_file(str(d / "model.safetensors"))
-        except Exception as error:  # safetensors' own error type for corrupt files
-            raise ValueError(f"{d / 'model.safetensors'}: not a readable safetensors file ({error})") from None
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as error:  # other keys or shapes: name the folder, not torch's whole list
-            lines = str(error).splitlines()
-            raise ValueError(
-                f"prior folder {d}: model.safetensors does not match config.json "
-                f"({lines[1].strip() if len(lines) > 1 else lines[0]} ...); was it saved with another config?"
-            ) from None
+            config = PriorConfig.from_dict(meta)
+        except (TypeError, ValueError) as error:
+            raise FolderError(f"{d / CONFIG_FILE}: {error}") from None
+        model = cls(config, EmbeddingStats.load(d / STATS_FILE))
+        load_weights(model, d)
         return model.eval()
 
 

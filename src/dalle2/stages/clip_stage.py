@@ -21,8 +21,6 @@ A trained CLIP reads the dataset at its image tower's resolution, ``clip.image_s
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -30,11 +28,11 @@ from typing import Any
 import torch
 import yaml
 
+from dalle2.folder_format import update_model_index, write_json_atomic
 from dalle2.models.clip import ClipConfig, ClipError, ClipModel
-from dalle2.pipeline import FORMAT, FORMAT_VERSION
 from dalle2.stages.common import default_trackers, printer, resolve_options, stage_options, train_summary
 
-__all__ = ["evaluate_clip", "train_clip", "write_model_index"]
+__all__ = ["evaluate_clip", "train_clip"]
 
 TOKENIZER_CAPTIONS = 20_000  # captions used to train the BPE tokenizer when OUT/tokenizer is missing
 CHUNK = 100  # retrieval candidates per query
@@ -71,32 +69,6 @@ def _tokenizer(out: Path, config: Any, dataset: Any, log) -> Any:
     config.save(folder / "config.yaml")
     log(f"trained {path} (vocabulary {tokenizer.vocab_size}, max length {tokenizer.max_length})")
     return tokenizer
-
-
-def write_model_index(out: Path, component: str, entry: Any, extra: dict[str, Any]) -> Path:
-    """Merge ``components[component] = entry`` (and missing top-level keys) into ``out/model_index.json``."""
-    path = out / "model_index.json"
-    index: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            index = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ClipError(f"{path}: not valid JSON ({error.msg}); fix or remove it") from None
-        if index.get("format", FORMAT) != FORMAT or index.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
-            raise ClipError(
-                f"{path}: format {index.get('format')!r} version {index.get('format_version')!r}; "
-                f"expected {FORMAT!r} version {FORMAT_VERSION}"
-            )
-        if index.get("kind", "unclip") != "unclip":
-            raise ClipError(f"{path}: kind {index.get('kind')!r}; the CLIP stage writes into unclip folders")
-    index.update({"format": FORMAT, "format_version": FORMAT_VERSION, "kind": "unclip"})
-    for key, value in extra.items():
-        index.setdefault(key, value)
-    index.setdefault("components", {})[component] = entry
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(index, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
 
 
 # -- evaluation --------------------------------------------------------------------------------------
@@ -238,8 +210,8 @@ def train_clip(args: argparse.Namespace | dict[str, Any] | None = None, **kwargs
     if "total_wall_seconds" in train_info:  # all runs of a resumed training together
         report["train_minutes"] = round(train_info["total_wall_seconds"] / 60, 3)
     report["wall_seconds"] = round(time.monotonic() - start, 1)
-    (clip_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    write_model_index(
+    write_json_atomic(clip_dir / "report.json", report)
+    update_model_index(
         out,
         "clip",
         {
@@ -250,10 +222,11 @@ def train_clip(args: argparse.Namespace | dict[str, Any] | None = None, **kwargs
             "vision_arch": model.vision_arch,
             "image_size": model.image_size,
         },
-        {"resolutions": [config.data.resolution], "dataset": config.data.dataset},
+        kind="unclip",
+        defaults={"resolutions": [config.data.resolution], "dataset": config.data.dataset},
     )
     if not pretrained:
-        write_model_index(out, "tokenizer", {"folder": "tokenizer"}, {})
+        update_model_index(out, "tokenizer", {"folder": "tokenizer"}, kind="unclip")
     log(f"wrote {clip_dir} and {out / 'model_index.json'}")
     log(_format(report))  # ends with the one-line summary
     return report

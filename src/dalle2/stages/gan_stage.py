@@ -23,8 +23,6 @@ text fed to both networks).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -36,6 +34,14 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from dalle2.folder_format import (
+    INDEX_FILE,
+    FolderError,
+    copy_folder_atomic,
+    read_model_index,
+    write_json_atomic,
+    write_model_index,
+)
 from dalle2.models.gan import GanConfig, sentence_embeddings
 from dalle2.models.gan_objective import ObjectiveConfig
 from dalle2.presets import GAN_DEFAULTS
@@ -132,13 +138,12 @@ def prepare_images(images: torch.Tensor, crop: int, channels: int) -> torch.Tens
 
 def _check_folder(out: Path) -> None:
     """Refuse to turn an unCLIP pipeline (with more than its CLIP) into a GAN folder."""
-    path = out / "model_index.json"
-    if not path.is_file():
+    if not (out / INDEX_FILE).is_file():
         return
     try:
-        index = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise GanStageError(f"{path}: not valid JSON ({error.msg}); fix or remove it") from None
+        index = read_model_index(out)
+    except FolderError as error:
+        raise GanStageError(f"{error}; fix or remove it") from None
     others = sorted(set(index.get("components", {})) - {"clip", "tokenizer", "gan"})
     if index.get("kind") not in ("gan", "unclip") or others:
         raise GanStageError(
@@ -149,9 +154,6 @@ def _check_folder(out: Path) -> None:
 
 def write_index(out: Path, entry: dict[str, Any], clip: Any, dataset: str, resolution: int) -> Path:
     """``OUT/model_index.json`` of kind ``gan``, with the components clip, tokenizer (if any) and gan."""
-    from dalle2.pipeline import FORMAT, FORMAT_VERSION
-
-    path = out / "model_index.json"
     embed_dim = clip.config.get("embed_dim")
     components: dict[str, Any] = {
         "clip": {"folder": "clip", "source": clip.source, "text_encoder": clip.text_encoder, "embed_dim": embed_dim}
@@ -159,17 +161,12 @@ def write_index(out: Path, entry: dict[str, Any], clip: Any, dataset: str, resol
     if (out / "tokenizer").is_dir():
         components["tokenizer"] = {"folder": "tokenizer"}
     index = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
         "kind": "gan",
         "dataset": dataset,
         "resolutions": [resolution],
         "components": {**components, "gan": entry},
     }
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(index, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_model_index(out, index)
 
 
 def ensure_clip(out: Path, opts: dict[str, Any], config: Any, log: Callable[[str], None]) -> Any:
@@ -187,8 +184,7 @@ def ensure_clip(out: Path, opts: dict[str, Any], config: Any, log: Callable[[str
         out.mkdir(parents=True, exist_ok=True)
         for part in ("tokenizer", "clip"):  # the CLIP last: its presence marks a complete copy
             if (src / part).is_dir():
-                shutil.rmtree(out / part, ignore_errors=True)
-                shutil.copytree(src / part, out / part, ignore=shutil.ignore_patterns("report.json"))
+                copy_folder_atomic(src / part, out / part, ignore=shutil.ignore_patterns("report.json"))
         log(f"copied the CLIP (and tokenizer) of {src} into {out}")
     elif not have:
         from dalle2.stages.clip_stage import train_clip
@@ -310,7 +306,7 @@ def train_gan(args: argparse.Namespace | dict[str, Any] | None = None, **kwargs:
         "wall_seconds": round(time.monotonic() - start, 1),
     }
     if trainer.accelerator.is_main_process:
-        (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_json_atomic(folder / "report.json", report)
         entry = {"folder": "gan", "arch": net.arch, "image_size": resolution, "channels": net.channels}
         write_index(out, entry, clip, config.data.dataset, resolution)
     c = report["conditioning"]

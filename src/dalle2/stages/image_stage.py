@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from dalle2.folder_format import INDEX_FILE, read_model_index, update_model_index, write_json_atomic
 from dalle2.stages.common import (
     default_trackers,
     load_frozen_clip,
@@ -161,7 +162,7 @@ def train_decoder(args: argparse.Namespace | dict[str, Any] | None = None, **kwa
         **_lineage(init_from, info),
         "wall_seconds": round(time.monotonic() - start, 1),
     }
-    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json_atomic(folder / "report.json", report)
     _index(out, "decoder", ema, config)
     c = report["consistency"]
     log(
@@ -274,7 +275,7 @@ def train_upsampler(args: argparse.Namespace | dict[str, Any] | None = None, **k
         **_lineage(init_from, info),
         "wall_seconds": round(time.monotonic() - start, 1),
     }
-    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json_atomic(folder / "report.json", report)
     _index(out, "upsampler", ema, config)
     q = report["quality"]
     log(f"upsampler on {q['samples']} held-out images: PSNR {q['psnr_upsampler']} dB (bicubic {q['psnr_bicubic']} dB)")
@@ -350,10 +351,7 @@ def warm_start(stage: str, model: Any, source: str | Path | None, out: Path, res
         "steps": steps,
         "training_minutes": round(minutes, 1),
     }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = record_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(record_path)
+    write_json_atomic(record_path, record)
     log(
         f"{stage}: warm start from {record['source']} ({steps} steps, {record['training_minutes']} min of "
         "training before this run); new optimizer and schedule"
@@ -385,18 +383,12 @@ def _pils(images: torch.Tensor) -> list[Any]:
 
 
 def _index(out: Path, stage: str, model: Any, config: Any) -> None:
-    from dalle2.stages.clip_stage import write_model_index
-
+    """Merge the ``stage`` entry into ``OUT/model_index.json``; ``resolutions``: the image sizes of all components."""
     entry = {"folder": stage, "arch": model.config.arch, "image_size": model.image_size}
-    extra = {"dataset": config.data.dataset}
-    write_model_index(out, stage, entry, extra)
-    index_path = out / "model_index.json"
-    index = json.loads(index_path.read_text())
-    sizes = sorted({c.get("image_size") for c in index["components"].values() if c.get("image_size")})
-    index["resolutions"] = sizes
-    tmp = index_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(index, indent=2) + "\n")
-    tmp.replace(index_path)
+    current = read_model_index(out) if (out / INDEX_FILE).is_file() else {}
+    components = {**(current.get("components") or {}), stage: entry}
+    sizes = sorted({c.get("image_size") for c in components.values() if c.get("image_size")})
+    update_model_index(out, stage, entry, kind="unclip", defaults={"dataset": config.data.dataset}, resolutions=sizes)
 
 
 def _train(stage, model, loss_fn, dataset, config, keys, out, opts, sample_fn, clip) -> dict[str, Any]:

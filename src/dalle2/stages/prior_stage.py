@@ -24,7 +24,6 @@ The pool is re-encoded on ``--resume`` (deterministic: same CLIP, same data seed
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 import yaml
 from torch.utils.data import Dataset
 
+from dalle2.folder_format import update_model_index, write_json_atomic
 from dalle2.models.prior import DiffusionPrior, EmbeddingStats, PriorConfig, prior_report
 from dalle2.stages.common import (
     default_trackers,
@@ -216,14 +216,13 @@ def train_prior(args: argparse.Namespace | dict[str, Any] | None = None, **kwarg
         "wall_seconds": round(time.monotonic() - start, 1),
     }
     prior_dir.mkdir(parents=True, exist_ok=True)
-    (prior_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    from dalle2.stages.clip_stage import write_model_index
-
-    write_model_index(
+    write_json_atomic(prior_dir / "report.json", report)
+    update_model_index(
         out,
         "prior",
         {"folder": "prior", "embed_dim": prior_config.embed_dim, "sampler": prior_config.sampler},
-        {"dataset": config.data.dataset},
+        kind="unclip",
+        defaults={"dataset": config.data.dataset},
     )
     log(_format(report))
     log(f"wrote {prior_dir} and {out / 'model_index.json'}")

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import re
 import shutil
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ import yaml
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
+from dalle2 import folder_format
 from dalle2.training.errors import TrainingError
 
 FORMAT = "dalle2-train-state"
@@ -105,56 +104,11 @@ def _rng_from_files(tensors: dict[str, torch.Tensor], plain: list[dict[str, Any]
 # -- files --------------------------------------------------------------------------------------------
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(data: Any, path: Path) -> None:
-    """Write JSON through a temporary file in the same folder and rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def save_optimizer_state(state: dict[str, Any], path: Path) -> None:
     torch.save(state, path)
 
 
-def write_folder_atomic(final: Path, fill: Callable[[Path], None]) -> Path:
-    """Create folder ``final`` by filling a temporary sibling with ``fill(tmp)`` and renaming it.
-
-    If ``final`` already exists it is replaced; at every moment either the old or the new folder is
-    in place under the name, never a partial one.
-    """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        fill(tmp)
-        for file in tmp.iterdir():
-            _fsync(file)
-        old = None
-        if final.exists():
-            old = final.parent / f".{final.name}.old-{os.getpid()}"
-            os.replace(final, old)
-        os.replace(tmp, final)
-        _fsync(final.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+write_folder_atomic = folder_format.write_folder_atomic  # a step_* folder is complete or absent
 
 
 # -- checkpoints --------------------------------------------------------------------------------------
@@ -292,20 +246,6 @@ def unreadable_file(file: Path, checkpoint: Path, error: BaseException) -> Train
 
 
 def save_component(model: nn.Module, folder: str | Path, config: dict[str, Any]) -> Path:
-    """Write ``folder/model.safetensors`` + ``folder/config.json`` (the pipeline folder's component format).
-
-    Each file goes through a temporary file and a rename; other files in ``folder`` are left alone.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".model.", suffix=".safetensors.tmp")
-    os.close(fd)
-    try:
-        save_model(model, tmp, metadata={"format": "pt"})
-        _fsync(Path(tmp))
-        os.replace(tmp, folder / "model.safetensors")
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    write_json_atomic(config, folder / "config.json")
-    return folder
+    """Write ``folder/model.safetensors`` + ``folder/config.json`` (:func:`dalle2.folder_format.save_component`,
+    with the model's class name in the header)."""
+    return folder_format.save_component(folder, model, config, type(model).__name__)
