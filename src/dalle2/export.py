@@ -21,12 +21,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from dalle2.errors import Dalle2Error
+
 __all__ = ["ExportError", "export_pipeline"]
 
 KEEP_SUFFIXES = (".json", ".yaml", ".txt", ".safetensors")
 
 
-class ExportError(ValueError):
+class ExportError(Dalle2Error):
     """The folder cannot be exported; the message says why."""
 
 

@@ -15,11 +15,13 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+from dalle2.errors import Dalle2Error
+
 FORMAT = "dalle2"
 FORMAT_VERSION = 1
 
 
-class PipelineError(ValueError):
+class PipelineError(Dalle2Error):
     """A pipeline folder is missing, malformed, of another format version, or of an unknown kind."""
 
 

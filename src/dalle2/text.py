@@ -15,6 +15,7 @@ import torch
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from dalle2.errors import Dalle2Error
 from dalle2.text_input import TextError, check_text
 
 __all__ = ["SPECIAL_TOKENS", "TextError", "Tokenizer", "TokenizerError", "check_text"]
@@ -23,7 +24,7 @@ PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
 SPECIAL_TOKENS = [PAD, BOS, EOS, UNK]  # ids 0, 1, 2, 3
 
 
-class TokenizerError(ValueError):
+class TokenizerError(Dalle2Error):
     """A tokenizer file is missing or invalid."""
 
 

@@ -24,10 +24,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from dalle2.errors import Dalle2Error
+
 FORMAT_VERSION = 1
 
 
-class EvaluatorError(RuntimeError):
+class EvaluatorError(Dalle2Error, RuntimeError):
     """An evaluator network is missing or incompatible."""
 
 

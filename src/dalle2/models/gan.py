@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dalle2.errors import InvalidConfigError
+
 __all__ = ["ARCHS", "Discriminator", "GanConfig", "GanConfigError", "Generator", "sentence_embeddings"]
 
 ARCHS = ("dfgan", "article")
@@ -39,7 +41,7 @@ EMBED_SCALES = ("none", "unit")
 CONFIG_VERSION = 1
 
 
-class GanConfigError(ValueError):
+class GanConfigError(InvalidConfigError):
     """A GAN network config is invalid; the message names the key."""
 
 

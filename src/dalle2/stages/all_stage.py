@@ -38,6 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dalle2.errors import Dalle2Error
 from dalle2.stages.common import printer, stage_options
 
 __all__ = ["STAGES", "TrainAllError", "stage_done", "train_all"]
@@ -46,7 +47,7 @@ STAGES = ("clip", "prior", "decoder", "upsampler")
 SUMMARY_FILE = "train_all.json"
 
 
-class TrainAllError(ValueError):
+class TrainAllError(Dalle2Error):
     """``dalle2 train all`` cannot start (or continue); the message says what to do."""
 
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from dalle2.errors import Dalle2Error
 from dalle2.stages.common import (
     default_trackers,
     load_frozen_clip,
@@ -42,7 +43,7 @@ from dalle2.stages.common import (
 __all__ = ["ImageStageError", "train_decoder", "train_upsampler", "warm_start"]
 
 
-class ImageStageError(ValueError):
+class ImageStageError(Dalle2Error):
     """The decoder / upsampler stage cannot run; the message says what to do."""
 
 
@@ -65,7 +66,7 @@ def _build(stage: str, model: dict[str, Any], sizes: dict[str, Any]) -> Any:
     spec["net"] = {**spec.get("net", {}), **sizes.pop("net", {})}
     try:
         return ImageDiffusion(DiffusionConfig.from_dict({**spec, **sizes, "role": stage}))
-    except (TypeError, ValueError) as error:
+    except (TypeError, Dalle2Error) as error:
         raise ImageStageError(f"invalid {stage} section: {error}") from None
 
 
