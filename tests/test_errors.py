@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 import dalle2
 from dalle2 import cli
@@ -154,6 +156,33 @@ def test_main_keeps_os_errors_and_interrupts(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(cli, "cmd_config", interrupted)
     assert cli.main(["config"]) == 130
     assert capsys.readouterr().err == "dalle2: interrupted\n"
+
+
+def _one_line(capsys, code: int) -> str:
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("dalle2: error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_user_files_that_used_to_fail_with_a_plain_value_error_are_one_line(tmp_path, capsys):
+    """Before, main() caught every ValueError (UnicodeDecodeError, the metrics' input checks); these are now
+    project errors raised where the file or the count is checked."""
+    config = tmp_path / "c.yaml"
+    config.write_bytes(b"train:\n  batch_size: 3\n\xff")
+    assert "c.yaml: not UTF-8 text (byte 24)" in _one_line(capsys, cli.main(["config", "--config", str(config)]))
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_bytes(b"\xff\xfe")
+    code = cli.main(["eval", "--images", str(tmp_path), "--prompts", str(prompts)])
+    assert "p.jsonl: not UTF-8 text (byte 1)" in _one_line(capsys, code)
+
+    records = [{"prompt": "a red circle", "dataset": "shapes", "task": "single", "file_name": f"{i}.png"}
+               for i in range(2)]  # fmt: skip
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in records))
+    for r in records:
+        Image.new("RGB", (32, 32)).save(tmp_path / r["file_name"])
+    code = cli.main(["eval", "--images", str(tmp_path), "--prompts", str(prompts)])
+    assert "need at least 4 images to evaluate" in _one_line(capsys, code)
 
 
 def test_serve_default_size_is_still_a_usage_error(capsys):
