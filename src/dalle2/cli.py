@@ -12,11 +12,12 @@ from pathlib import Path
 
 from dalle2 import __version__
 from dalle2.cli_options import HelpFormatter, add_config_options, positive_int
+from dalle2.errors import Dalle2Error
 
 EXIT_USAGE = 2
 
 
-class CLIError(Exception):
+class CLIError(Dalle2Error):
     """An error to report in one line, without a traceback."""
 
 
@@ -409,27 +410,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 0
-    from dalle2.config import ConfigError
-    from dalle2.data import DatasetError
-    from dalle2.eval.evaluate import EvalError
-    from dalle2.eval.networks import EvaluatorError
-    from dalle2.pipeline import PipelineError
-    from dalle2.text import TokenizerError
-    from dalle2.training.errors import TrainingError
-
     try:
         args.func(args)
-    except (
-        CLIError,
-        ConfigError,
-        DatasetError,
-        TokenizerError,
-        EvalError,
-        EvaluatorError,
-        PipelineError,
-        TrainingError,
-        ValueError,
-    ) as error:
+    except Dalle2Error as error:  # a problem with what the user gave; any other exception is a bug: a traceback
         print(f"dalle2: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as error:  # a path the user gave: missing, a file where a folder belongs, no permission, full

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -19,13 +18,15 @@ from typing import Any
 
 import yaml
 
+from dalle2.coerce import coerce, convert, element_fits, union_options
+from dalle2.errors import InvalidConfigError
 from dalle2.presets import BASE, STAGE_PRESETS, STAGES
 
 #: the diffusion samplers of the prior and the decoder: one list for dalle2.diffusion and the CLI choices
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
 
 
-class ConfigError(ValueError):
+class ConfigError(InvalidConfigError):
     """A preset, YAML file or override is invalid; the message says which and why."""
 
 
@@ -120,45 +121,14 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = BASE
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Check ``value`` against a field annotation (str, int, float, bool, optional of those)."""
-    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
-    if value is None:
-        if type(None) in options:
-            return None
+    """Check ``value`` against a field annotation (str, int, float, bool, optional of those): the rules of
+    :func:`dalle2.coerce.coerce`, a null where none is allowed named as such."""
+    if value is None and type(None) not in union_options(annotation):
         raise ConfigError(f"{where} may not be null")
-    for option in options:
-        if option is bool and isinstance(value, bool):
-            return value
-        if option is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if option is float and isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if option is str and isinstance(value, str):
-            return value
-        if option is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    names = " or ".join(
-        "null" if o is type(None) else "true or false" if o is bool else getattr(o, "__name__", str(o)) for o in options
-    )
-    raise ConfigError(f"{where} must be {names}, got {value!r}")
+    return coerce(value, annotation, where, ConfigError)
 
 
 _SCALARS = (bool, int, float, str, type(None))
-
-
-def _element_fits(value: Any, annotation: Any) -> bool:
-    if annotation is bool:
-        return isinstance(value, bool) or (isinstance(value, int) and value in (0, 1))
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if annotation is str:
-        return isinstance(value, str)
-    return True  # anything else is the class's own business
 
 
 def _type_name(annotation: Any) -> str:
@@ -179,8 +149,7 @@ def check_fields(cls: type, values: dict[str, Any], prefix: str = "") -> dict[st
         if annotation is None or annotation is Any:
             continue
         where = f"{prefix}{key}"
-        options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
-        if all(option in _SCALARS for option in options):
+        if all(option in _SCALARS for option in union_options(annotation)):
             out[key] = _coerce(value, annotation, where)
             continue
         origin = typing.get_origin(annotation)
@@ -189,7 +158,7 @@ def check_fields(cls: type, values: dict[str, Any], prefix: str = "") -> dict[st
                 raise ConfigError(f"{where} must be a list ({_type_name(annotation)}), got {value!r}")
             args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
             for item in value:
-                if args and not any(_element_fits(item, a) for a in args):
+                if args and not any(element_fits(item, a) for a in args):
                     expected = " or ".join(_type_name(a) for a in dict.fromkeys(args))
                     raise ConfigError(f"{where} must be a list of {expected}, got {value!r}")
         elif origin is dict and not isinstance(value, dict):
@@ -246,9 +215,11 @@ def _read_yaml(yaml_path: str | Path) -> Any:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        return load_yaml(path.read_text()) or {}
+        return load_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start + 1}); save the config as UTF-8") from None
 
 
 def load_config(
@@ -462,9 +433,10 @@ def _coerce_like(where: str, value: Any, default: Any) -> Any:
     """``value`` checked against the type of ``default`` (:func:`_coerce`'s rules; a list default takes a
     non-empty list of positive whole numbers)."""
     if isinstance(default, list):
-        if not isinstance(value, list) or not value or not all(isinstance(v, int) and v >= 1 for v in value):
+        numbers = convert(value, list[int])
+        if not isinstance(numbers, list) or not numbers or min(numbers) < 1:
             raise ConfigError(f"{where} must be a list of positive whole numbers, got {value!r}")
-        return list(value)
+        return numbers
     return _coerce(value, type(default), where)
 
 

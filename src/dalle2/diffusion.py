@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dalle2.config import SAMPLERS  # noqa: F401  (re-exported: dalle2.diffusion.SAMPLERS)
+from dalle2.errors import InvalidConfigError
 
 PREDICTIONS = ("eps", "v", "x0")
 
@@ -46,7 +47,7 @@ def make_timesteps(num_steps: int, num_train_timesteps: int = 1000) -> Tensor:
     """Descending sampling timesteps with *trailing* spacing (Lin et al. 2023, table 2): the first step
     is always t = T - 1, so sampling starts from the fully noised end of the schedule."""
     if not 1 <= num_steps <= num_train_timesteps:
-        raise ValueError(f"num_steps must be in [1, {num_train_timesteps}], got {num_steps}")
+        raise InvalidConfigError(f"num_steps must be in [1, {num_train_timesteps}], got {num_steps}")
     ratio = num_train_timesteps / num_steps
     ts = torch.arange(num_train_timesteps, 0, -ratio, dtype=torch.float64).round().long() - 1
     return ts
@@ -94,7 +95,7 @@ def eps_from_v(x_t: Tensor, v: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
 
 def _check_prediction(prediction: str) -> None:
     if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        raise InvalidConfigError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
 
 
 def to_x0_eps(out: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor, prediction: str) -> tuple[Tensor, Tensor]:
@@ -370,4 +371,4 @@ def sample(
         return sample_ddim(model_fn, x, alphas_cumprod, ts, prediction, extra_args, eta, generator)
     if sampler == "dpmpp_2m":
         return sample_dpmpp_2m(model_fn, x, alphas_cumprod, ts, prediction, extra_args)
-    raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    raise InvalidConfigError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")

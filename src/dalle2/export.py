@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from dalle2.errors import Dalle2Error
 from dalle2.folder_format import FolderError, load_tensors, write_folder_atomic, write_model_index, write_tensors_atomic
 
 __all__ = ["ExportError", "export_pipeline"]
@@ -25,7 +26,7 @@ __all__ = ["ExportError", "export_pipeline"]
 KEEP_SUFFIXES = (".json", ".yaml", ".txt", ".safetensors")
 
 
-class ExportError(ValueError):
+class ExportError(Dalle2Error):
     """The folder cannot be exported; the message says why."""
 
 

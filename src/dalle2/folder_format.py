@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dalle2.errors import Dalle2Error
+
 if TYPE_CHECKING:  # torch is imported when weights are read or written: `import dalle2` stays light
     import torch
     from torch import nn
@@ -79,7 +81,7 @@ LEGACY_MODEL_CLASSES = {"clip": "ClipModel", "gan-generator": "Generator"}
 LEGACY_EVALUATOR_FORMAT = "dalle2-evaluator"
 
 
-class FolderError(ValueError):
+class FolderError(Dalle2Error):
     """A saved folder, component or ``model_index.json`` is missing, malformed or of another format version."""
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from dalle2.errors import Dalle2Error
 from dalle2.models.gan import sentence_embeddings
 from dalle2.pipeline import PipelineError, register
 from dalle2.pipeline_base import PipelineBase, check_components, check_count, check_prompts, slerp
@@ -82,7 +83,7 @@ class GanPipeline(PipelineBase):
         try:
             clip = ClipModel.load(folder / "clip").requires_grad_(False).eval()
             generator = Generator.from_pretrained(folder / "gan").requires_grad_(False).eval()
-        except (ValueError, FileNotFoundError) as error:
+        except (Dalle2Error, FileNotFoundError) as error:
             raise PipelineError(str(error)) from None
         return cls(folder, index, clip, generator)
 

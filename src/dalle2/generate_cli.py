@@ -28,6 +28,7 @@ from typing import Any
 
 from dalle2.cli_options import HelpFormatter, float_range, int_range
 from dalle2.config import SAMPLERS
+from dalle2.errors import Dalle2Error
 
 MAX_STEPS = 1000  # sampling steps, as UnclipPipeline accepts
 MAX_SEED = 2**63 - 1
@@ -40,7 +41,7 @@ MIN_CAPTION_WIDTH = 240
 AddCommand = Callable[[Any, str, str, Callable[[argparse.Namespace], None]], argparse.ArgumentParser]
 
 
-class GenerateError(ValueError):
+class GenerateError(Dalle2Error):
     """Bad input to one of these commands; ``dalle2.cli.main`` prints it in one line and exits 2."""
 
 

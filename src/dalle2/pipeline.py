@@ -14,13 +14,14 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+from dalle2.errors import Dalle2Error
 from dalle2.folder_format import INDEX_FORMAT, INDEX_FORMAT_VERSION, FolderError, read_model_index
 
 FORMAT = INDEX_FORMAT  # model_index.json's format and version: dalle2.folder_format owns them
 FORMAT_VERSION = INDEX_FORMAT_VERSION
 
 
-class PipelineError(ValueError):
+class PipelineError(Dalle2Error):
     """A pipeline folder is missing, malformed, of another format version, or of an unknown kind."""
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dalle2.cli_options import float_range, int_range
+from dalle2.errors import Dalle2Error
 
 API_KEY_ENV = "DALLE2_API_KEY"
 
@@ -44,7 +45,7 @@ def _size(text: str) -> str:
 
     try:
         parse_size_name(text)
-    except ValueError as error:
+    except Dalle2Error as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return text.strip().lower()
 

@@ -15,6 +15,7 @@ import torch
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from dalle2.errors import Dalle2Error
 from dalle2.folder_format import write_text_atomic
 from dalle2.text_input import TextError, check_text
 
@@ -24,7 +25,7 @@ PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
 SPECIAL_TOKENS = [PAD, BOS, EOS, UNK]  # ids 0, 1, 2, 3
 
 
-class TokenizerError(ValueError):
+class TokenizerError(Dalle2Error):
     """A tokenizer file is missing or invalid."""
 
 

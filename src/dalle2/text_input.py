@@ -12,10 +12,12 @@ No heavy imports here: the CLI checks prompts before torch is loaded.
 
 from __future__ import annotations
 
+from dalle2.errors import Dalle2Error
+
 __all__ = ["TextError", "check_text", "is_valid_text"]
 
 
-class TextError(ValueError):
+class TextError(Dalle2Error):
     """A prompt or caption that is not usable text; the message names it and the bad character's position."""
 
 

@@ -38,6 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dalle2.errors import Dalle2Error, InvalidConfigError
 from dalle2.stages.common import printer, stage_options
 
 __all__ = ["STAGES", "TrainAllError", "stage_done", "train_all"]
@@ -46,7 +47,7 @@ STAGES = ("clip", "prior", "decoder", "upsampler")
 SUMMARY_FILE = "train_all.json"
 
 
-class TrainAllError(ValueError):
+class TrainAllError(Dalle2Error):
     """``dalle2 train all`` cannot start (or continue); the message says what to do."""
 
 
@@ -180,11 +181,10 @@ def format_summary(summary: dict[str, Any]) -> str:
 def _resume_advice(out: Path, stage: str, error: BaseException, finished: list[str]) -> str | None:
     """What ``--resume`` would do after ``stage`` failed: continue from its checkpoint, only keep the finished
     stages (no checkpoint of this one yet), or nothing worth saying (a bad config or dataset, nothing done)."""
-    from dalle2.config import ConfigError
     from dalle2.data.base import DatasetError
     from dalle2.text_input import TextError
 
-    if isinstance(error, ConfigError | DatasetError | TextError):  # the input must change first
+    if isinstance(error, InvalidConfigError | DatasetError | TextError):  # the input must change first
         return None
     if _has_checkpoint(out, stage):
         return (

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from dalle2.errors import Dalle2Error
 from dalle2.pipeline import PipelineError, register
 from dalle2.pipeline_base import PipelineBase, check_components, check_count, check_prompts, slerp
 
@@ -64,7 +65,7 @@ class UnclipPipeline(PipelineBase):
             upsampler = None
             if "upsampler" in components and (folder / "upsampler").is_dir():
                 upsampler = ImageDiffusion.from_pretrained(folder / "upsampler").eval()
-        except (ValueError, FileNotFoundError) as error:
+        except (Dalle2Error, FileNotFoundError) as error:
             raise PipelineError(str(error)) from None
         return cls(folder, index, clip, prior, decoder, upsampler)
 

@@ -13,10 +13,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dalle2.errors import Dalle2Error
+
 Sample = dict[str, Any]
 
 
-class DatasetError(ValueError):
+class DatasetError(Dalle2Error):
     """A dataset cannot be opened or read; the message says what to do about it."""
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from torch.utils.data import Dataset, IterableDataset
 from tqdm import tqdm
 
-from dalle2.data.base import Sample, tensor_to_pil
+from dalle2.data.base import DatasetError, Sample, tensor_to_pil
 from dalle2.grid import captioned_grid, save_image_atomic
 
 WORD = re.compile(r"[a-z0-9\-']+")
@@ -33,10 +33,10 @@ def iter_samples(dataset: Dataset | IterableDataset, limit: int | None = None) -
 def preview(dataset: Dataset | IterableDataset, n: int, out: str | Path, cell: int = 96) -> Path:
     """Write a PNG grid of the first ``n`` samples with a numbered caption sheet."""
     if n < 1:
-        raise ValueError(f"-n must be at least 1, got {n}")
+        raise DatasetError(f"-n must be at least 1, got {n}")
     samples = list(tqdm(iter_samples(dataset, n), total=n, desc="preview", unit="img", leave=False))
     if not samples:
-        raise ValueError("the dataset yielded no samples")
+        raise DatasetError("the dataset yielded no samples")
     images = [tensor_to_pil(s["image"]) for s in samples]
     grid = captioned_grid(images, [s["caption"] for s in samples], cell=cell)
     return save_image_atomic(grid, out)
@@ -63,7 +63,7 @@ def stats(dataset: Dataset | IterableDataset, limit: int | None = 20_000) -> dic
             if key in sample["meta"]:
                 meta_counts.setdefault(key, Counter())[str(sample["meta"][key])] += 1
     if not lengths:
-        raise ValueError("the dataset yielded no samples")
+        raise DatasetError("the dataset yielded no samples")
     examined = len(lengths)
     histogram = Counter(lengths)
     return {

@@ -286,7 +286,7 @@ class Obj:
             (self.cell, CELLS, "cell"),
         ):
             if value not in vocab:
-                raise ValueError(f"unknown {what} {value!r}; choose one of: {', '.join(vocab)}")
+                raise DatasetError(f"unknown {what} {value!r}; choose one of: {', '.join(vocab)}")
         object.__setattr__(self, "jitter", (float(self.jitter[0]), float(self.jitter[1])))
 
     @property
@@ -313,11 +313,11 @@ class Scene:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"unknown scene kind {self.kind!r}; choose one of: {', '.join(KINDS)}")
+            raise DatasetError(f"unknown scene kind {self.kind!r}; choose one of: {', '.join(KINDS)}")
         if self.background not in BACKGROUNDS:
-            raise ValueError(f"unknown background {self.background!r}; choose one of: {', '.join(BACKGROUNDS)}")
+            raise DatasetError(f"unknown background {self.background!r}; choose one of: {', '.join(BACKGROUNDS)}")
         if self.relation is not None and self.relation not in RELATIONS:
-            raise ValueError(f"unknown relation {self.relation!r}; choose one of: {', '.join(RELATIONS)}")
+            raise DatasetError(f"unknown relation {self.relation!r}; choose one of: {', '.join(RELATIONS)}")
         object.__setattr__(self, "objects", tuple(self.objects))
 
     @property
@@ -482,7 +482,7 @@ def _fill_pair(
     colors = [c for c in COLORS if COLORS[c] != BACKGROUNDS[background]]
     if shape is not None and color is not None:
         if (color, shape) in exclude:
-            raise ValueError(f"the objects must differ, got two {color} {shape}s")
+            raise DatasetError(f"the objects must differ, got two {color} {shape}s")
         return shape, color
     for _ in range(1000):
         s = shape if shape is not None else _pick(rng, SHAPES)
@@ -490,7 +490,7 @@ def _fill_pair(
         if (c, s) in exclude or (avoid_heldout and (c, s) in HELDOUT_PAIRS):
             continue
         return s, c
-    raise ValueError(f"cannot find a colour/shape for shape={shape!r}, color={color!r} on {background}")
+    raise DatasetError(f"cannot find a colour/shape for shape={shape!r}, color={color!r} on {background}")
 
 
 def _sample_jitter(rng: np.random.Generator, size: str) -> tuple[float, float]:
@@ -507,20 +507,20 @@ def _merge_count_specs(objects: Sequence[_ObjSpec], count: int) -> tuple[dict[st
             if value is None:
                 continue
             if shared.get(key, value) != value:
-                raise ValueError(f"the objects of a count scene are identical; got {key}s {shared[key]!r}, {value!r}")
+                raise DatasetError(f"the objects of a count scene are identical; got {key}s {shared[key]!r}, {value!r}")
             shared[key] = value
     cells = [spec.get("cell") for spec in objects] if len(objects) == count else [None] * count
     if len(objects) not in (0, 1, count):
-        raise ValueError(f"a count scene of {count} takes 1 or {count} object specs, not {len(objects)}")
+        raise DatasetError(f"a count scene of {count} takes 1 or {count} object specs, not {len(objects)}")
     if len(objects) == 1 and count > 1 and objects[0].get("cell") is not None:
-        raise ValueError("give one object spec per object to place the objects of a count scene")
+        raise DatasetError("give one object spec per object to place the objects of a count scene")
     return shared, cells
 
 
 def _fill_cells(rng: np.random.Generator, given: list[str | None]) -> list[str]:
     used = [c for c in given if c is not None]
     if len(set(used)) != len(used):
-        raise ValueError(f"objects must occupy distinct cells, got {used}")
+        raise DatasetError(f"objects must occupy distinct cells, got {used}")
     free = [c for c in CELLS if c not in used]
     order = rng.permutation(len(free))
     out, k = [], 0
@@ -561,17 +561,17 @@ def scene_from_spec(
     """
     rng = _as_rng(rng)
     if kind not in KINDS:
-        raise ValueError(f"unknown scene kind {kind!r}; choose one of: {', '.join(KINDS)}")
+        raise DatasetError(f"unknown scene kind {kind!r}; choose one of: {', '.join(KINDS)}")
     objects = [dict(o) for o in (objects or [])]
     for spec in objects:
         unknown = set(spec) - {"shape", "color", "size", "cell"}
         if unknown:
-            raise ValueError(f"unknown object attributes {sorted(unknown)}; use shape, color, size, cell")
+            raise DatasetError(f"unknown object attributes {sorted(unknown)}; use shape, color, size, cell")
         for key, vocab in (("shape", SHAPES), ("color", COLORS), ("size", SIZES), ("cell", CELLS)):
             if spec.get(key) is not None and spec[key] not in vocab:
-                raise ValueError(f"unknown {key} {spec[key]!r}; choose one of: {', '.join(vocab)}")
+                raise DatasetError(f"unknown {key} {spec[key]!r}; choose one of: {', '.join(vocab)}")
     if relation is not None and relation not in RELATIONS:
-        raise ValueError(f"unknown relation {relation!r}; choose one of: {', '.join(RELATIONS)}")
+        raise DatasetError(f"unknown relation {relation!r}; choose one of: {', '.join(RELATIONS)}")
 
     # Background: compatible with every colour given.
     given_colors = {o["color"] for o in objects if o.get("color") is not None}
@@ -579,19 +579,19 @@ def scene_from_spec(
         names = [b for b in BACKGROUNDS if all(COLORS.get(c) != BACKGROUNDS[b] for c in given_colors)]
         background = _weighted(rng, names, [BACKGROUND_PROBS[b] for b in names])
     elif background not in BACKGROUNDS:
-        raise ValueError(f"unknown background {background!r}; choose one of: {', '.join(BACKGROUNDS)}")
+        raise DatasetError(f"unknown background {background!r}; choose one of: {', '.join(BACKGROUNDS)}")
     for color in given_colors:
         if COLORS.get(color) == BACKGROUNDS[background]:
-            raise ValueError(f"a {color} object would be invisible on a {background} background")
+            raise DatasetError(f"a {color} object would be invisible on a {background} background")
 
     def make(shape: str, color: str, size: str, cell: str) -> Obj:
         return Obj(shape, color, size, cell, _sample_jitter(rng, size) if jitter else (0.0, 0.0))
 
     if kind == "single":
         if len(objects) > 1:
-            raise ValueError(f"a single scene has one object, got {len(objects)} specs")
+            raise DatasetError(f"a single scene has one object, got {len(objects)} specs")
         if count not in (None, 1) or relation is not None:
-            raise ValueError("a single scene has count 1 and no relation")
+            raise DatasetError("a single scene has count 1 and no relation")
         spec = objects[0] if objects else {}
         shape, color = _fill_pair(rng, spec.get("shape"), spec.get("color"), background, avoid_heldout)
         size = spec.get("size") or _pick(rng, SIZES)
@@ -600,11 +600,11 @@ def scene_from_spec(
 
     elif kind == "count":
         if relation is not None:
-            raise ValueError("a count scene has no relation")
+            raise DatasetError("a count scene has no relation")
         if count is None:
             count = len(objects) if len(objects) > 1 else int(rng.integers(1, MAX_COUNT + 1))
         if not 1 <= count <= MAX_COUNT:
-            raise ValueError(f"count must be 1..{MAX_COUNT}, got {count}")
+            raise DatasetError(f"count must be 1..{MAX_COUNT}, got {count}")
         shared, cells = _merge_count_specs(objects, count)
         shape, color = _fill_pair(rng, shared.get("shape"), shared.get("color"), background, avoid_heldout)
         size = shared.get("size") or _pick(rng, SIZES)
@@ -613,9 +613,9 @@ def scene_from_spec(
 
     else:  # relation
         if len(objects) > 2:
-            raise ValueError(f"a relation scene has two objects, got {len(objects)} specs")
+            raise DatasetError(f"a relation scene has two objects, got {len(objects)} specs")
         if count not in (None, 2):
-            raise ValueError("a relation scene has count 2")
+            raise DatasetError("a relation scene has count 2")
         specs = objects + [{} for _ in range(2 - len(objects))]
         # Fill a fully given object first so that the other one can be made to differ from it.
         order = (1, 0) if specs[1].get("shape") and specs[1].get("color") else (0, 1)
@@ -635,7 +635,7 @@ def scene_from_spec(
             if cell0 in (None, a) and cell1 in (None, b)
         ]
         if not options:
-            raise ValueError(f"no cells satisfy the relation spec {relation!r} with objects {specs}")
+            raise DatasetError(f"no cells satisfy the relation spec {relation!r} with objects {specs}")
         if relation is None:  # uniform over relations first, then over cell pairs
             rel = _pick(rng, sorted({o[0] for o in options}, key=RELATIONS.index))
             options = [o for o in options if o[0] == rel]
@@ -670,7 +670,7 @@ def sample_scene(
     if kind is None:
         kind = _weighted(rng, KINDS, [KIND_PROBS[k] for k in KINDS])
     elif kind not in KINDS:
-        raise ValueError(f"unknown scene kind {kind!r}; choose one of: {', '.join(KINDS)}")
+        raise DatasetError(f"unknown scene kind {kind!r}; choose one of: {', '.join(KINDS)}")
     if split != "heldout":
         return scene_from_spec(kind, rng, avoid_heldout=True)
     color, shape = _pick(rng, _HELDOUT_LIST)

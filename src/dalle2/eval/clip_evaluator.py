@@ -244,7 +244,7 @@ def _pool(dataset: str, split: str, n: int, seed: int, resolution: int, desc: st
 
     ds = open_dataset(dataset, split=split, resolution=resolution, seed=seed)
     if len(ds) < n:
-        raise ValueError(f"{dataset} {split} has {len(ds)} samples, fewer than the {n} asked for")
+        raise EvaluatorError(f"{dataset} {split} has {len(ds)} samples, fewer than the {n} asked for")
     images, _, captions = stack_images(ds, limit=n, desc=desc)
     return images, captions
 
@@ -268,7 +268,7 @@ def evaluate_retrieval(
     zi, zt = scorer.embed_images(images), scorer.embed_texts(list(captions))
     n = (len(zi) // group) * group
     if n == 0:
-        raise ValueError(f"need at least {group} pairs for retrieval among {group}, got {len(zi)}")
+        raise EvaluatorError(f"need at least {group} pairs for retrieval among {group}, got {len(zi)}")
     hits = {f"{d}_recall@{k}": 0 for d in ("t2i", "i2t") for k in (1, 5)}
     for start in range(0, n, group):
         sim = zi[start : start + group] @ zt[start : start + group].T  # (images, texts)
@@ -348,7 +348,7 @@ def _train(
     progress: bool,
 ) -> dict[str, Any]:
     if steps < 1 or batch_size < 2:
-        raise ValueError(f"need steps >= 1 and batch_size >= 2, got {steps} and {batch_size}")
+        raise EvaluatorError(f"need steps >= 1 and batch_size >= 2, got {steps} and {batch_size}")
     start_all = time.time()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)

@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from dalle2 import __version__
+from dalle2.errors import Dalle2Error
 from dalle2.eval import metrics
 from dalle2.eval import prompts as P
 from dalle2.eval.networks import EvaluatorError, load_evaluator, shipped_dir
@@ -32,13 +33,14 @@ CLIP_EVALUATORS = {"shapes": "clip-shapes-v1"}
 REFERENCE_SEED, FLOOR_SEED = 10_000, 20_000
 FOLDER_REPORT, FOLDER_QUICK = 5000, 500  # folder:PATH: captions evaluated (at most half the folder)
 GRID_SIZE = 48
+MIN_IMAGES = 4  # precision / recall: each set needs its 3 nearest neighbours
 
 
 #: the sampling options each pipeline kind takes in ``evaluate_model(sample_kwargs=...)``
 SAMPLE_OPTIONS: dict[str, set[str]] = {"unclip": {"steps", "sampler", "guidance"}, "gan": {"truncation"}}
 
 
-class EvalError(ValueError):
+class EvalError(Dalle2Error):
     """Evaluation inputs are missing or inconsistent."""
 
 
@@ -266,6 +268,11 @@ def score(
         raise EvalError(f"{len(records)} prompts but {len(images)} images")
     if not records:
         raise EvalError("nothing to evaluate")
+    if len(records) < MIN_IMAGES:  # checked here: the metrics raise a plain ValueError, which the CLI treats as a bug
+        raise EvalError(
+            f"need at least {MIN_IMAGES} images to evaluate (precision and recall use 3 nearest neighbours), "
+            f"got {len(records)}"
+        )
     name = records[0]["dataset"].partition(":")[0]
     resolution = images[0].width
     if any(im.size != (resolution, resolution) for im in images):
@@ -438,7 +445,7 @@ def load_images(directory: str | Path, records: list[dict[str, Any]]) -> list[Im
                 images.append(im.convert("RGB"))
         except FileNotFoundError:
             problems.append(f"{r['file_name']}: missing")
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
             problems.append(f"{r['file_name']}: unreadable ({error})")
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dalle2.errors import Dalle2Error
 from dalle2.folder_format import (
     COMPONENT_FORMAT_VERSION,
     FolderError,
@@ -29,7 +30,7 @@ from dalle2.folder_format import (
 )
 
 
-class EvaluatorError(RuntimeError):
+class EvaluatorError(Dalle2Error, RuntimeError):
     """An evaluator network is missing or incompatible."""
 
 

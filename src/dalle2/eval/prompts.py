@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from dalle2.data import shapes as S
+from dalle2.errors import Dalle2Error
 
 TASKS = ("single", "two_objects", "counting", "colors", "position", "relation", "color_attribution", "background")
 SPLITS = ("train", "heldout")  # attribute combinations seen in training / the declared held-out pairs
@@ -134,17 +135,23 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompts file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise Dalle2Error(
+            f"{path}: not UTF-8 text (byte {error.start + 1}); write it with `dalle2 eval-prompts`"
+        ) from None
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+            raise Dalle2Error(f"{path}:{number}: not valid JSON ({error.msg})") from None
         if not isinstance(record, dict) or "prompt" not in record:
-            raise ValueError(f"{path}:{number}: each line must be an object with at least a 'prompt'")
+            raise Dalle2Error(f"{path}:{number}: each line must be an object with at least a 'prompt'")
         records.append(record)
     if not records:
-        raise ValueError(f"{path}: no prompts")
+        raise Dalle2Error(f"{path}: no prompts")
     return records

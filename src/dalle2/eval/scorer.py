@@ -19,6 +19,7 @@ from PIL import Image
 from scipy import ndimage
 
 from dalle2.data import shapes as S
+from dalle2.errors import Dalle2Error
 
 FOREGROUND_DISTANCE = 60.0  # RGB distance from the background that makes a pixel foreground (of 441)
 MIN_AREA_FRACTION = 0.25 * (0.5 / 3) ** 2 * 0.3  # a quarter of the smallest object's area (small star ~0.3 fill)
@@ -171,7 +172,7 @@ class ShapesScorer:
                         if spec["relation"] in S.geneval_relations(a.bbox, b.bbox):
                             return True
             return False
-        raise ValueError(f"unknown task {task!r}")
+        raise Dalle2Error(f"unknown task {task!r}")
 
 
 def _describe(

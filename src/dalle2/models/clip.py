@@ -50,6 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dalle2.coerce import coerce
+from dalle2.errors import Dalle2Error
 from dalle2.folder_format import CONFIG_FILE, load_component_config, load_weights, save_component, write_folder_atomic
 
 __all__ = [
@@ -72,7 +74,7 @@ VISION_ARCHS = ("vit", "conv")
 CONV_POOLS = ("attention", "mean")
 
 
-class ClipError(ValueError):
+class ClipError(Dalle2Error):
     """A CLIP folder, config or option is invalid; the message says which and what to do."""
 
 
@@ -135,22 +137,11 @@ def clip_config(preset_values: dict[str, Any], updates: dict[str, Any] | None = 
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
-    """``value`` checked against the type of the key's ``default`` (an int is a float; a tuple a list)."""
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int | float):
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        ok = ok and (isinstance(default, float) or isinstance(value, int))
-        value = float(value) if ok and isinstance(default, float) else value
-    elif isinstance(default, list):
-        ok = isinstance(value, list | tuple) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-        value = list(value) if ok else value
-    else:
-        ok = isinstance(value, type(default))
-    if not ok:
-        kind = "list of int" if isinstance(default, list) else type(default).__name__
-        raise ClipError(f"clip.{key} must be {kind}, got {value!r}")
-    return value
+    """``value`` checked against the type of the key's ``default`` (:func:`dalle2.coerce.coerce`'s rules: an
+    int is a float; a tuple a list); a ClipError naming the key otherwise."""
+    kind = list[int] if isinstance(default, list) else type(default)
+    name = "list of int" if isinstance(default, list) else type(default).__name__
+    return coerce(value, (kind,), f"clip.{key}", ClipError, name)
 
 
 def _validate(c: ClipConfig) -> None:

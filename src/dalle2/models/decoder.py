@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from dalle2 import diffusion
 from dalle2.config import check_fields
+from dalle2.errors import InvalidConfigError
 from dalle2.folder_format import CONFIG_FILE, FolderError, load_component_config, load_weights, save_component
 from dalle2.models.transformer import DiffusionTransformer, TransformerConfig
 from dalle2.models.unet import UNet, UNetConfig
@@ -80,29 +81,31 @@ class DiffusionConfig:
 
     def __post_init__(self) -> None:
         if self.role not in ("decoder", "upsampler"):
-            raise ValueError(f"role must be decoder or upsampler, got {self.role!r}")
+            raise InvalidConfigError(f"role must be decoder or upsampler, got {self.role!r}")
         if self.arch not in ARCHES:
-            raise ValueError(f"arch must be one of {ARCHES}, got {self.arch!r}")
+            raise InvalidConfigError(f"arch must be one of {ARCHES}, got {self.arch!r}")
         if self.prediction not in diffusion.PREDICTIONS:
-            raise ValueError(f"prediction must be one of {diffusion.PREDICTIONS}, got {self.prediction!r}")
+            raise InvalidConfigError(f"prediction must be one of {diffusion.PREDICTIONS}, got {self.prediction!r}")
         if self.sampler not in diffusion.SAMPLERS:
-            raise ValueError(f"sampler must be one of {diffusion.SAMPLERS}, got {self.sampler!r}")
+            raise InvalidConfigError(f"sampler must be one of {diffusion.SAMPLERS}, got {self.sampler!r}")
         if not 1 <= self.sample_steps <= self.num_train_timesteps:
-            raise ValueError(f"sample_steps must be in [1, {self.num_train_timesteps}], got {self.sample_steps}")
+            raise InvalidConfigError(
+                f"sample_steps must be in [1, {self.num_train_timesteps}], got {self.sample_steps}"
+            )
         if not 0 <= self.image_drop_prob < 1 or not 0 <= self.text_drop_prob < 1:
-            raise ValueError("image_drop_prob and text_drop_prob must be in [0, 1)")
+            raise InvalidConfigError("image_drop_prob and text_drop_prob must be in [0, 1)")
         if not 0 <= self.foreground_weight <= 1000:
-            raise ValueError(f"foreground_weight must be in [0, 1000], got {self.foreground_weight}")
+            raise InvalidConfigError(f"foreground_weight must be in [0, 1000], got {self.foreground_weight}")
         if self.foreground_source not in ("target", "prediction"):
-            raise ValueError(f"foreground_source must be target or prediction, got {self.foreground_source!r}")
+            raise InvalidConfigError(f"foreground_source must be target or prediction, got {self.foreground_source!r}")
         if self.guidance_scale < 0 or self.eta < 0:
-            raise ValueError("guidance_scale and eta must be >= 0")
+            raise InvalidConfigError("guidance_scale and eta must be >= 0")
         if self.role == "upsampler" and self.low_res_size < 1:
-            raise ValueError("an upsampler needs low_res_size")
+            raise InvalidConfigError("an upsampler needs low_res_size")
         self.blur_sigma = tuple(float(s) for s in self.blur_sigma)  # type: ignore[assignment]
         self.guidance_drops = tuple(str(d) for d in self.guidance_drops)
         if not self.guidance_drops or not set(self.guidance_drops) <= {"image", "text"}:
-            raise ValueError(f"guidance_drops must name image and/or text, got {list(self.guidance_drops)}")
+            raise InvalidConfigError(f"guidance_drops must name image and/or text, got {list(self.guidance_drops)}")
         self.net_config()  # validate the network's keys now
 
     def net_config(self) -> TransformerConfig | UNetConfig:
@@ -112,7 +115,7 @@ class DiffusionConfig:
     def from_dict(cls, d: dict[str, Any]) -> DiffusionConfig:
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"unknown keys: {sorted(unknown)}")
+            raise InvalidConfigError(f"unknown keys: {sorted(unknown)}")
         return cls(**check_fields(cls, d))
 
     def to_dict(self) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from dalle2.errors import InvalidConfigError
+
 __all__ = ["POLICY", "diff_augment"]
 
 POLICY = ("color", "translation", "cutout")
@@ -61,5 +63,5 @@ def diff_augment(x: torch.Tensor, policy: tuple[str, ...] = POLICY) -> torch.Ten
         elif name == "cutout":
             x = _cutout(x)
         else:
-            raise ValueError(f"unknown DiffAugment transform {name!r}; known: {', '.join(POLICY)}")
+            raise InvalidConfigError(f"unknown DiffAugment transform {name!r}; known: {', '.join(POLICY)}")
     return x

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dalle2.errors import InvalidConfigError
 from dalle2.folder_format import CONFIG_FILE, load_component_config, load_weights, save_component
 
 __all__ = ["ARCHS", "Discriminator", "GanConfig", "GanConfigError", "Generator", "sentence_embeddings"]
@@ -39,7 +40,7 @@ ARCHS = ("dfgan", "article")
 EMBED_SCALES = ("none", "unit")
 
 
-class GanConfigError(ValueError):
+class GanConfigError(InvalidConfigError):
     """A GAN network config is invalid; the message names the key."""
 
 

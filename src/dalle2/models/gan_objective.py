@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dalle2.errors import InvalidConfigError
 from dalle2.models.diffaugment import diff_augment
 
 __all__ = [
@@ -65,12 +66,12 @@ class ObjectiveConfig:
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+            raise InvalidConfigError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         for name in ("ma_gp", "ma_gp_power", "l1", "l2", "mode_seeking"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise InvalidConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if isinstance(self.ma_gp_every, bool) or not isinstance(self.ma_gp_every, int) or self.ma_gp_every < 1:
-            raise ValueError(f"ma_gp_every must be an integer >= 1, got {self.ma_gp_every!r}")
+            raise InvalidConfigError(f"ma_gp_every must be an integer >= 1, got {self.ma_gp_every!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,7 +96,7 @@ def discriminator_loss(
         loss_real, loss_fake = F.softplus(-real).mean(), F.softplus(fake).mean()
         per_mismatch = F.softplus(mismatch) if mismatch is not None else None
     else:
-        raise ValueError(f"unknown GAN loss {kind!r}; choose one of {', '.join(LOSSES)}")
+        raise InvalidConfigError(f"unknown GAN loss {kind!r}; choose one of {', '.join(LOSSES)}")
     if per_mismatch is None:
         return loss_real + loss_fake
     if keep is None:
@@ -111,7 +112,7 @@ def generator_loss(kind: str, fake: torch.Tensor) -> torch.Tensor:
         return -fake.mean()
     if kind == "bce":
         return F.softplus(-fake).mean()
-    raise ValueError(f"unknown GAN loss {kind!r}; choose one of {', '.join(LOSSES)}")
+    raise InvalidConfigError(f"unknown GAN loss {kind!r}; choose one of {', '.join(LOSSES)}")
 
 
 def mismatched(embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from dalle2 import diffusion
 from dalle2.config import check_fields
+from dalle2.errors import InvalidConfigError
 from dalle2.folder_format import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -59,18 +60,18 @@ class PriorConfig:
 
     def __post_init__(self) -> None:
         if self.sampler not in diffusion.SAMPLERS:
-            raise ValueError(f"sampler must be one of {diffusion.SAMPLERS}, got {self.sampler!r}")
+            raise InvalidConfigError(f"sampler must be one of {diffusion.SAMPLERS}, got {self.sampler!r}")
         if not 0.0 <= self.cond_drop_prob < 1.0:
-            raise ValueError(f"cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}")
+            raise InvalidConfigError(f"cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}")
         if self.num_candidates < 1:
-            raise ValueError(f"num_candidates must be >= 1, got {self.num_candidates}")
+            raise InvalidConfigError(f"num_candidates must be >= 1, got {self.num_candidates}")
 
     @classmethod
     def from_dict(cls, d: dict) -> PriorConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown PriorConfig fields: {sorted(unknown)}")
+            raise InvalidConfigError(f"unknown PriorConfig fields: {sorted(unknown)}")
         return cls(**check_fields(cls, d))
 
 
@@ -80,7 +81,7 @@ def prior_config(preset: str, **overrides) -> PriorConfig:
 
     presets = STAGE_PRESETS["prior"]
     if preset not in presets:
-        raise ValueError(f"unknown prior preset {preset!r}; choose one of {sorted(presets)}")
+        raise InvalidConfigError(f"unknown prior preset {preset!r}; choose one of {sorted(presets)}")
     return PriorConfig.from_dict({**asdict(PriorConfig(**presets[preset]["model"])), **overrides})
 
 

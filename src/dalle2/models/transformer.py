@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dalle2.config import check_fields
+from dalle2.errors import InvalidConfigError
 from dalle2.models.unet import (
     CaptionEncoder,
     caption_condition,
@@ -60,18 +61,18 @@ class TransformerConfig:
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} must be divisible by patch_size {self.patch_size}")
+            raise InvalidConfigError(f"image_size {self.image_size} must be divisible by patch_size {self.patch_size}")
         if self.width % self.heads:
-            raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
+            raise InvalidConfigError(f"width {self.width} must be divisible by heads {self.heads}")
         if self.depth < 1:
-            raise ValueError("depth must be >= 1")
+            raise InvalidConfigError("depth must be >= 1")
         check_caption_encoder(self.caption_layers, self.caption_vocab, self.caption_length, self.context_dim)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TransformerConfig:
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"unknown transformer config keys: {sorted(unknown)}")
+            raise InvalidConfigError(f"unknown transformer config keys: {sorted(unknown)}")
         return cls(**check_fields(cls, d, "net."))
 
     def to_dict(self) -> dict[str, Any]:

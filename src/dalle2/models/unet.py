@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dalle2.config import check_fields
+from dalle2.errors import InvalidConfigError
 
 __all__ = ["UNet", "UNetConfig", "caption_condition", "image_condition"]
 
@@ -73,17 +74,19 @@ class UNetConfig:
         self.channels = [int(c) for c in self.channels]
         self.attention = [bool(a) for a in self.attention]
         if not self.channels or any(c < 8 or c % 8 for c in self.channels):
-            raise ValueError(f"channels must be multiples of 8 (one per level), got {self.channels}")
+            raise InvalidConfigError(f"channels must be multiples of 8 (one per level), got {self.channels}")
         if len(self.attention) != len(self.channels):
-            raise ValueError(f"attention needs one flag per level ({len(self.channels)}), got {self.attention}")
+            raise InvalidConfigError(f"attention needs one flag per level ({len(self.channels)}), got {self.attention}")
         if self.patch_size < 1 or self.image_size % self.patch_size:
-            raise ValueError(f"patch_size must be >= 1 and divide image_size {self.image_size}, got {self.patch_size}")
+            raise InvalidConfigError(
+                f"patch_size must be >= 1 and divide image_size {self.image_size}, got {self.patch_size}"
+            )
         if (self.image_size // self.patch_size) % 2 ** (len(self.channels) - 1):
-            raise ValueError(
+            raise InvalidConfigError(
                 f"image_size / patch_size ({self.image_size} / {self.patch_size}) must be divisible by 2^(levels-1)"
             )
         if self.blocks_per_level < 1 or self.head_dim < 8:
-            raise ValueError("blocks_per_level must be >= 1 and head_dim >= 8")
+            raise InvalidConfigError("blocks_per_level must be >= 1 and head_dim >= 8")
         check_caption_encoder(self.caption_layers, self.caption_vocab, self.caption_length, self.context_dim)
 
     @classmethod
@@ -91,7 +94,7 @@ class UNetConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown UNet config keys: {sorted(unknown)}")
+            raise InvalidConfigError(f"unknown UNet config keys: {sorted(unknown)}")
         return cls(**check_fields(cls, d, "net."))
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,11 +102,11 @@ class UNetConfig:
 
 
 def check_caption_encoder(layers: int, vocab: int, length: int, context_dim: int) -> None:
-    """Raise ValueError unless the caption-encoder keys of a network config fit together."""
+    """Raise InvalidConfigError unless the caption-encoder keys of a network config fit together."""
     if layers < 0 or layers > 24:
-        raise ValueError(f"caption_layers must be between 0 and 24, got {layers}")
+        raise InvalidConfigError(f"caption_layers must be between 0 and 24, got {layers}")
     if layers and (vocab < 1 or length < 1 or not context_dim or context_dim % 8):
-        raise ValueError(
+        raise InvalidConfigError(
             "a caption encoder (caption_layers > 0) needs caption_vocab, caption_length and a context_dim "
             f"divisible by 8; got {vocab}, {length}, {context_dim}"
         )

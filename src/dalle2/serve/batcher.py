@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from dalle2.errors import InvalidConfigError
 from dalle2.serve.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, Metrics
 
 RunBatch = Callable[[Sequence[Any]], Sequence[Any]]
@@ -69,7 +70,7 @@ class Batcher:
         metrics: Metrics | None = None,
     ) -> None:
         if max_batch < 1 or queue_size < 1 or max_wait_s < 0:
-            raise ValueError("max_batch and queue_size must be >= 1 and max_wait_s >= 0")
+            raise InvalidConfigError("max_batch and queue_size must be >= 1 and max_wait_s >= 0")
         self.name, self.max_batch, self.max_wait_s, self.queue_size = name, max_batch, max_wait_s, queue_size
         self.metrics = metrics or Metrics()
         self.queue: deque[Job] = deque()

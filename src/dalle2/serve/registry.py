@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dalle2.errors import Dalle2Error
 from dalle2.serve.errors import ApiError
 
 DEFAULT_ALIAS = "dall-e-2"
@@ -82,18 +83,18 @@ class ModelRegistry:
 
     def __init__(self, models: dict[str, Any], default_size: str | None = None) -> None:
         if not models:
-            raise ValueError("no models to serve")
+            raise Dalle2Error("no models to serve")
         self.models: dict[str, ServedModel] = {}
         for name, pipe in models.items():
             if name == DEFAULT_ALIAS:
-                raise ValueError(f"{DEFAULT_ALIAS!r} is the alias of the default model; name the model otherwise")
+                raise Dalle2Error(f"{DEFAULT_ALIAS!r} is the alias of the default model; name the model otherwise")
             self.models[name] = ServedModel(name, pipe)
         self.default_id = next(iter(self.models))
         if default_size is not None:
             size = parse_size_name(default_size)
             for model in self.models.values():
                 if size not in model.sizes:
-                    raise ValueError(
+                    raise Dalle2Error(
                         f"default size {default_size} is not one that model {model.id} makes: "
                         + ", ".join(model.size_names)
                     )
@@ -121,10 +122,10 @@ class ModelRegistry:
 
 
 def parse_size_name(text: str) -> int:
-    """``"256x256"`` -> 256; anything else (not square, not WxH) raises ValueError."""
+    """``"256x256"`` -> 256; anything else (not square, not WxH) raises a Dalle2Error (a ValueError)."""
     width, sep, height = text.strip().lower().partition("x")
     if not sep or not width.isdigit() or width != height or int(width) < 1:
-        raise ValueError(f"size must be a square WIDTHxHEIGHT such as 256x256, got {text!r}")
+        raise Dalle2Error(f"size must be a square WIDTHxHEIGHT such as 256x256, got {text!r}")
     return int(width)
 
 

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from dalle2.errors import Dalle2Error
 from dalle2.folder_format import (
     INDEX_FILE,
     FolderError,
@@ -58,7 +59,7 @@ NETWORK_KEYS = tuple(f.name for f in fields(GanConfig) if f.name not in ("image_
 OBJECTIVE_KEYS = tuple(sorted(ObjectiveConfig.keys()))  # the gan.* keys of the objective
 
 
-class GanStageError(ValueError):
+class GanStageError(Dalle2Error):
     """The GAN stage cannot run; the message says what to do."""
 
 
@@ -74,7 +75,6 @@ def resolve(opts: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
 
 def _check(keys: dict[str, Any], config: Any) -> None:
     from dalle2.config import ConfigError
-    from dalle2.models.gan import GanConfigError
 
     checks = [
         (keys["optimizer"] in ("adam", "sgd"), f"gan.optimizer must be adam or sgd, got {keys['optimizer']!r}"),
@@ -94,7 +94,7 @@ def _check(keys: dict[str, Any], config: Any) -> None:
     try:
         network_config(keys, config, embed_dim=1)
         ObjectiveConfig(**{k: keys[k] for k in OBJECTIVE_KEYS})
-    except (GanConfigError, ValueError) as error:
+    except Dalle2Error as error:  # GanConfigError, the objective's InvalidConfigError
         raise ConfigError(f"invalid gan section: {error}") from None
 
 

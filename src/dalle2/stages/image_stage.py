@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from dalle2.errors import Dalle2Error
 from dalle2.folder_format import INDEX_FILE, read_model_index, update_model_index, write_json_atomic
 from dalle2.stages.common import (
     default_trackers,
@@ -43,7 +44,7 @@ from dalle2.stages.common import (
 __all__ = ["ImageStageError", "train_decoder", "train_upsampler", "warm_start"]
 
 
-class ImageStageError(ValueError):
+class ImageStageError(Dalle2Error):
     """The decoder / upsampler stage cannot run; the message says what to do."""
 
 
@@ -66,7 +67,7 @@ def _build(stage: str, model: dict[str, Any], sizes: dict[str, Any]) -> Any:
     spec["net"] = {**spec.get("net", {}), **sizes.pop("net", {})}
     try:
         return ImageDiffusion(DiffusionConfig.from_dict({**spec, **sizes, "role": stage}))
-    except (TypeError, ValueError) as error:
+    except (TypeError, Dalle2Error) as error:
         raise ImageStageError(f"invalid {stage} section: {error}") from None
 
 
@@ -317,7 +318,7 @@ def warm_start(stage: str, model: Any, source: str | Path | None, out: Path, res
         raise ImageStageError(f"--init-from {folder}: no {stage} there (expected {folder / stage / 'config.json'})")
     try:
         saved = ImageDiffusion.from_pretrained(component)
-    except ValueError as error:
+    except Dalle2Error as error:
         raise ImageStageError(f"--init-from: {error}") from None
     if saved.config.role != stage:
         raise ImageStageError(f"--init-from {component}: that folder holds the {saved.config.role}, not the {stage}")

@@ -33,6 +33,7 @@ import torch
 import yaml
 from torch.utils.data import Dataset
 
+from dalle2.errors import Dalle2Error
 from dalle2.folder_format import update_model_index, write_json_atomic
 from dalle2.models.prior import DiffusionPrior, EmbeddingStats, PriorConfig, prior_report
 from dalle2.stages.common import (
@@ -49,7 +50,7 @@ __all__ = ["PriorStageError", "encode_pairs", "train_prior"]
 ENCODE_BATCH = 256
 
 
-class PriorStageError(ValueError):
+class PriorStageError(Dalle2Error):
     """The prior stage cannot run (missing CLIP, bad preset or key); the message says what to do."""
 
 
@@ -59,7 +60,7 @@ class PriorStageError(ValueError):
 def _prior_config(section: dict[str, Any], clip_dims: dict[str, int]) -> PriorConfig:
     try:
         return PriorConfig.from_dict({**section, **clip_dims})
-    except (TypeError, ValueError) as error:
+    except (TypeError, Dalle2Error) as error:
         raise PriorStageError(f"invalid prior section: {error}") from None
 
 

@@ -12,13 +12,15 @@ import copy
 import torch
 from torch import nn
 
+from dalle2.errors import InvalidConfigError
+
 
 class EMA:
     """An fp32 copy of ``model`` (``.model``, eval mode, no grad) updated by ``update(model)``."""
 
     def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True) -> None:
         if not 0.0 <= decay < 1.0:
-            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+            raise InvalidConfigError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = float(decay)
         self.warmup = bool(warmup)
         self.num_updates = 0

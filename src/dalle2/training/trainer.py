@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 
 from dalle2.config import Config, TrainConfig
 from dalle2.data.base import collate
+from dalle2.errors import InvalidConfigError
 from dalle2.grid import image_grid, save_image_atomic
 from dalle2.training.checkpoint import (
     capture_rng,
@@ -231,7 +232,7 @@ class Trainer:
         on_log: LogFn | None = None,
     ) -> None:
         if gradient_accumulation_steps < 1:
-            raise ValueError(f"gradient_accumulation_steps must be >= 1, got {gradient_accumulation_steps}")
+            raise InvalidConfigError(f"gradient_accumulation_steps must be >= 1, got {gradient_accumulation_steps}")
         self.config = config
         if callable(loss_fn):
             single = Phase("model", loss_fn, betas=betas, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
