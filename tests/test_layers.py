@@ -18,7 +18,7 @@ LAYERS = {
     # the ground: no dalle2 imports beyond this layer
     "errors": 0,
     "presets": 0,
-    "fields": 0,
+    "coerce": 0,
     "folder_format": 0,
     # data and text
     "data": 1,

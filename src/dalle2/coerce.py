@@ -13,18 +13,34 @@
 :func:`coerce` tries each kind of a union in turn and raises ``error`` (default :class:`InvalidConfigError`)
 with ``"<where> must be <kinds>, got <value>"`` when none fits. The shared config sections
 (:mod:`dalle2.config`) and the ``clip`` section (:mod:`dalle2.models.clip`) both check their keys here; each
-names its own error class. This module imports nothing from dalle2 but :mod:`dalle2.errors`.
+names its own error class. :func:`check_fields` checks every field of a config dataclass the same way (the
+model configs use it), raising :class:`ConfigError`, the one error of a bad config value, with
+:func:`unknown_key` / :func:`unknown_section` for misspelt names. This module imports nothing from dalle2
+but :mod:`dalle2.errors`, so every layer may use it.
 """
 
 from __future__ import annotations
 
+import difflib
 import types
 import typing
 from typing import Any
 
 from dalle2.errors import InvalidConfigError
 
-__all__ = ["NO_FIT", "coerce", "convert", "element_fits", "kind_name", "union_options"]
+__all__ = [
+    "NO_FIT",
+    "ConfigError",
+    "check_fields",
+    "coerce",
+    "coerce_field",
+    "convert",
+    "element_fits",
+    "kind_name",
+    "union_options",
+    "unknown_key",
+    "unknown_section",
+]
 
 #: what :func:`convert` returns when a value is not of the kind
 NO_FIT: Any = type("NoFit", (), {"__repr__": lambda self: "NO_FIT"})()
@@ -109,3 +125,75 @@ def element_fits(value: Any, kind: Any) -> bool:
     if kind is str:
         return isinstance(value, str)
     return True
+
+
+# -- typed config fields (the shared config sections and every model config) -------------------------
+
+
+class ConfigError(InvalidConfigError):
+    """A preset, YAML file or override is invalid; the message says which and why."""
+
+
+def unknown_key(section: str, key: str, known: Any, source: str = "") -> ConfigError:
+    """The error for ``section.key`` not among ``known``: the closest key as a hint, else every key."""
+    hint = difflib.get_close_matches(key, list(known), n=1)
+    return ConfigError(
+        f"{source}unknown key {section}.{key}"
+        + (f" (did you mean {section}.{hint[0]}?)" if hint else f"; keys: {', '.join(known)}")
+    )
+
+
+def unknown_section(name: str, known: Any, source: str = "", listed: Any = None) -> ConfigError:
+    """The error for a config section ``name`` not among ``known``: the closest section as a hint, else the
+    sections ``listed`` (default: every known one)."""
+    hint = difflib.get_close_matches(name, list(known), n=1)
+    return ConfigError(
+        f"{source}unknown config section {name!r}"
+        + (f" (did you mean {hint[0]!r}?)" if hint else f"; sections: {', '.join(known if listed is None else listed)}")
+    )
+
+
+def coerce_field(value: Any, annotation: Any, where: str) -> Any:
+    """Check ``value`` against a field annotation (str, int, float, bool, optional of those): the rules of
+    :func:`dalle2.coerce.coerce`, a null where none is allowed named as such."""
+    if value is None and type(None) not in union_options(annotation):
+        raise ConfigError(f"{where} may not be null")
+    return coerce(value, annotation, where, ConfigError)
+
+
+_SCALARS = (bool, int, float, str, type(None))
+
+
+def _type_name(annotation: Any) -> str:
+    if typing.get_args(annotation):  # list[int], tuple[float, float]: the whole form
+        return str(annotation).replace("typing.", "")
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def check_fields(cls: type, values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``values`` for dataclass ``cls``, each checked against its field's annotation; a wrong type is a
+    :class:`ConfigError` naming the key and the expected type (``sample_steps must be int, got 'lots'``),
+    never a comparison failing later inside the class. Numbers for float fields become floats; lists stand
+    for tuples (JSON has no tuples). Keys that are not fields are left to the caller."""
+    hints = typing.get_type_hints(cls)
+    out = dict(values)
+    for key, value in values.items():
+        annotation = hints.get(key)
+        if annotation is None or annotation is Any:
+            continue
+        where = f"{prefix}{key}"
+        if all(option in _SCALARS for option in union_options(annotation)):
+            out[key] = coerce_field(value, annotation, where)
+            continue
+        origin = typing.get_origin(annotation)
+        if origin in (list, tuple):
+            if not isinstance(value, list | tuple):
+                raise ConfigError(f"{where} must be a list ({_type_name(annotation)}), got {value!r}")
+            args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+            for item in value:
+                if args and not any(element_fits(item, a) for a in args):
+                    expected = " or ".join(_type_name(a) for a in dict.fromkeys(args))
+                    raise ConfigError(f"{where} must be a list of {expected}, got {value!r}")
+        elif origin is dict and not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+    return out

@@ -18,35 +18,10 @@ from typing import Any
 
 import yaml
 
-from dalle2.coerce import coerce, convert, element_fits, union_options
-from dalle2.errors import InvalidConfigError
-from dalle2.presets import BASE, STAGE_PRESETS, STAGES
+from dalle2.coerce import ConfigError, check_fields, coerce_field, convert, unknown_key, unknown_section
+from dalle2.presets import BASE, SAMPLERS, STAGE_PRESETS, STAGES
 
-#: the diffusion samplers of the prior and the decoder: one list for dalle2.diffusion and the CLI choices
-SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
-
-
-class ConfigError(InvalidConfigError):
-    """A preset, YAML file or override is invalid; the message says which and why."""
-
-
-def unknown_key(section: str, key: str, known: Any, source: str = "") -> ConfigError:
-    """The error for ``section.key`` not among ``known``: the closest key as a hint, else every key."""
-    hint = difflib.get_close_matches(key, list(known), n=1)
-    return ConfigError(
-        f"{source}unknown key {section}.{key}"
-        + (f" (did you mean {section}.{hint[0]}?)" if hint else f"; keys: {', '.join(known)}")
-    )
-
-
-def unknown_section(name: str, known: Any, source: str = "", listed: Any = None) -> ConfigError:
-    """The error for a config section ``name`` not among ``known``: the closest section as a hint, else the
-    sections ``listed`` (default: every known one)."""
-    hint = difflib.get_close_matches(name, list(known), n=1)
-    return ConfigError(
-        f"{source}unknown config section {name!r}"
-        + (f" (did you mean {hint[0]!r}?)" if hint else f"; sections: {', '.join(known if listed is None else listed)}")
-    )
+__all__ = ["SAMPLERS", "ConfigError", "check_fields", "load_config", "resolve_stage"]  # the first three re-exported
 
 
 class _Loader(yaml.SafeLoader):
@@ -120,52 +95,6 @@ class Config:
 PRESETS: dict[str, dict[str, dict[str, Any]]] = BASE
 
 
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Check ``value`` against a field annotation (str, int, float, bool, optional of those): the rules of
-    :func:`dalle2.coerce.coerce`, a null where none is allowed named as such."""
-    if value is None and type(None) not in union_options(annotation):
-        raise ConfigError(f"{where} may not be null")
-    return coerce(value, annotation, where, ConfigError)
-
-
-_SCALARS = (bool, int, float, str, type(None))
-
-
-def _type_name(annotation: Any) -> str:
-    if typing.get_args(annotation):  # list[int], tuple[float, float]: the whole form
-        return str(annotation).replace("typing.", "")
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-
-
-def check_fields(cls: type, values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``values`` for dataclass ``cls``, each checked against its field's annotation; a wrong type is a
-    :class:`ConfigError` naming the key and the expected type (``sample_steps must be int, got 'lots'``),
-    never a comparison failing later inside the class. Numbers for float fields become floats; lists stand
-    for tuples (JSON has no tuples). Keys that are not fields are left to the caller."""
-    hints = typing.get_type_hints(cls)
-    out = dict(values)
-    for key, value in values.items():
-        annotation = hints.get(key)
-        if annotation is None or annotation is Any:
-            continue
-        where = f"{prefix}{key}"
-        if all(option in _SCALARS for option in union_options(annotation)):
-            out[key] = _coerce(value, annotation, where)
-            continue
-        origin = typing.get_origin(annotation)
-        if origin in (list, tuple):
-            if not isinstance(value, list | tuple):
-                raise ConfigError(f"{where} must be a list ({_type_name(annotation)}), got {value!r}")
-            args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
-            for item in value:
-                if args and not any(element_fits(item, a) for a in args):
-                    expected = " or ".join(_type_name(a) for a in dict.fromkeys(args))
-                    raise ConfigError(f"{where} must be a list of {expected}, got {value!r}")
-        elif origin is dict and not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a mapping, got {value!r}")
-    return out
-
-
 def _apply(config: Config, updates: dict[str, Any], source: str) -> None:
     if not isinstance(updates, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(updates).__name__}")
@@ -182,7 +111,7 @@ def _apply(config: Config, updates: dict[str, Any], source: str) -> None:
         for key, value in values.items():
             if key not in known:
                 raise unknown_key(section, key, known, f"{source}: ")
-            setattr(target, key, _coerce(value, known[key], f"{source}: {section}.{key}"))
+            setattr(target, key, coerce_field(value, known[key], f"{source}: {section}.{key}"))
 
 
 def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, dict[str, Any]]:
@@ -430,14 +359,14 @@ def _gan_section(stage: str, spec: dict[str, Any], own: dict[str, Any]) -> tuple
 
 
 def _coerce_like(where: str, value: Any, default: Any) -> Any:
-    """``value`` checked against the type of ``default`` (:func:`_coerce`'s rules; a list default takes a
-    non-empty list of positive whole numbers)."""
+    """``value`` checked against the type of ``default`` (the rules of :func:`~dalle2.coerce.coerce_field`;
+    a list default takes a non-empty list of positive whole numbers)."""
     if isinstance(default, list):
         numbers = convert(value, list[int])
         if not isinstance(numbers, list) or not numbers or min(numbers) < 1:
             raise ConfigError(f"{where} must be a list of positive whole numbers, got {value!r}")
         return numbers
-    return _coerce(value, type(default), where)
+    return coerce_field(value, type(default), where)
 
 
 _SECTIONS = {

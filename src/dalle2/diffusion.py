@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dalle2.config import SAMPLERS  # noqa: F401  (re-exported: dalle2.diffusion.SAMPLERS)
 from dalle2.errors import InvalidConfigError
+from dalle2.presets import SAMPLERS  # noqa: F401  (re-exported: dalle2.diffusion.SAMPLERS)
 
 PREDICTIONS = ("eps", "v", "x0")
 

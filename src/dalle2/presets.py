@@ -24,6 +24,9 @@ from __future__ import annotations
 
 from typing import Any
 
+#: the diffusion samplers of the prior and the decoder: one list for dalle2.diffusion, the configs and the CLI choices
+SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
+
 __all__ = ["BASE", "GAN_DEFAULTS", "STAGES", "STAGE_PRESETS"]
 
 #: the stages with a config section, in training order

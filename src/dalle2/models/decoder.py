@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dalle2 import diffusion
-from dalle2.config import check_fields
+from dalle2.coerce import check_fields
 from dalle2.errors import InvalidConfigError
 from dalle2.folder_format import CONFIG_FILE, FolderError, load_component_config, load_weights, save_component
 from dalle2.models.transformer import DiffusionTransformer, TransformerConfig

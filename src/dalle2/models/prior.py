@@ -23,7 +23,7 @@ from diffusers import PriorTransformer
 from torch import Tensor, nn
 
 from dalle2 import diffusion
-from dalle2.config import check_fields
+from dalle2.coerce import check_fields
 from dalle2.errors import InvalidConfigError
 from dalle2.folder_format import (
     CONFIG_FILE,

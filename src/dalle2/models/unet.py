@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dalle2.config import check_fields
+from dalle2.coerce import check_fields
 from dalle2.errors import InvalidConfigError
 
 __all__ = ["UNet", "UNetConfig", "caption_condition", "image_condition"]
