@@ -24,6 +24,7 @@ import copy
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,50 @@ def evaluate_decoder(decoder: Any, clip: Any, images: torch.Tensor, captions: li
     }
 
 
+@dataclass
+class _Run:
+    """What the decoder and upsampler stages share after building their network: train it, save the EMA
+    weights, evaluate them, write ``report.json`` and the ``model_index.json`` entry."""
+
+    stage: str
+    model: Any
+    config: Any
+    keys: dict[str, Any]
+    out: Path
+    opts: dict[str, Any]
+    init_from: dict | None
+    n_params: int
+    log: Any
+
+    def train_and_save(
+        self, loss_fn: Any, dataset: Any, sample_fn: Any, clip: Any, report_key: str, evaluate: Any
+    ) -> dict[str, Any]:
+        """Train, save and report; ``evaluate(ema)`` fills ``report[report_key]``. Returns the report."""
+        start = time.monotonic()
+        info = _train(
+            self.stage, self.model, loss_fn, dataset, self.config, self.keys, self.out, self.opts, sample_fn, clip
+        )
+        ema = info.pop("ema_model")
+        self.log(
+            f"trained {info['step']} steps in {info['wall_seconds']:.0f} s "
+            f"({info['stop_reason']}, final loss {info['final_loss']})"
+        )
+        folder = self.out / self.stage
+        if info.pop("is_main"):
+            ema.save_pretrained(folder)
+        report = {
+            "dataset": self.config.data.dataset,
+            report_key: evaluate(ema.eval()),
+            "parameters": self.n_params,
+            "train": info,
+            **_lineage(self.init_from, info),
+            "wall_seconds": round(time.monotonic() - start, 1),
+        }
+        write_json_atomic(folder / "report.json", report)
+        _index(self.out, self.stage, ema, self.config)
+        return report
+
+
 def train_decoder(args: argparse.Namespace | dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
     """Run the decoder stage (keys as :func:`dalle2.stages.prior_stage.train_prior`). Returns the report."""
     opts = stage_options(args, kwargs)
@@ -143,28 +188,13 @@ def train_decoder(args: argparse.Namespace | dict[str, Any] | None = None, **kwa
         decoded = ema.sample(torch.randn(images.shape, generator=g).to(images), generator=g, **cond)
         return _pils(torch.cat([images, decoded]))
 
-    start = time.monotonic()
-    info = _train("decoder", decoder, loss_fn, dataset, config, keys, out, opts, sample_fn, clip)
-    ema = info.pop("ema_model")
-    log(
-        f"trained {info['step']} steps in {info['wall_seconds']:.0f} s "
-        f"({info['stop_reason']}, final loss {info['final_loss']})"
-    )
-    folder = out / "decoder"
-    if info.pop("is_main"):
-        ema.save_pretrained(folder)
     images = torch.stack([test[i]["image"] for i in range(len(test))])
     captions = [test[i]["caption"] for i in range(len(test))]
-    report = {
-        "dataset": config.data.dataset,
-        "consistency": evaluate_decoder(ema.eval(), clip, images, captions),
-        "parameters": n_params,
-        "train": info,
-        **_lineage(init_from, info),
-        "wall_seconds": round(time.monotonic() - start, 1),
-    }
-    write_json_atomic(folder / "report.json", report)
-    _index(out, "decoder", ema, config)
+    run = _Run("decoder", decoder, config, keys, out, opts, init_from, n_params, log)
+    report = run.train_and_save(
+        loss_fn, dataset, sample_fn, clip, "consistency", lambda ema: evaluate_decoder(ema, clip, images, captions)
+    )
+    folder = out / "decoder"
     c = report["consistency"]
     log(
         f"decoder on {c['samples']} held-out images: cos(CLIP(decoded), z_i) {c['decoded_vs_source']:.3f}, "
@@ -257,27 +287,12 @@ def train_upsampler(args: argparse.Namespace | dict[str, Any] | None = None, **k
         up = ema.sample(noise, low_res=F.avg_pool2d(images, factor), generator=g)
         return _pils(torch.cat([images, up]))
 
-    start = time.monotonic()
-    info = _train("upsampler", upsampler, loss_fn, dataset, config, keys, out, opts, sample_fn, None)
-    ema = info.pop("ema_model")
-    log(
-        f"trained {info['step']} steps in {info['wall_seconds']:.0f} s "
-        f"({info['stop_reason']}, final loss {info['final_loss']})"
+    images = torch.stack([test[i]["image"] for i in range(len(test))])
+    run = _Run("upsampler", upsampler, config, keys, out, opts, init_from, n_params, log)
+    report = run.train_and_save(
+        loss_fn, dataset, sample_fn, None, "quality", lambda ema: evaluate_upsampler(ema, images)
     )
     folder = out / "upsampler"
-    if info.pop("is_main"):
-        ema.save_pretrained(folder)
-    images = torch.stack([test[i]["image"] for i in range(len(test))])
-    report = {
-        "dataset": config.data.dataset,
-        "quality": evaluate_upsampler(ema.eval(), images),
-        "parameters": n_params,
-        "train": info,
-        **_lineage(init_from, info),
-        "wall_seconds": round(time.monotonic() - start, 1),
-    }
-    write_json_atomic(folder / "report.json", report)
-    _index(out, "upsampler", ema, config)
     q = report["quality"]
     log(f"upsampler on {q['samples']} held-out images: PSNR {q['psnr_upsampler']} dB (bicubic {q['psnr_bicubic']} dB)")
     log(f"wrote {folder} and {out / 'model_index.json'}")
