@@ -196,3 +196,23 @@ def test_errors_name_the_problem(pipe, picture, tmp_path):
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(200)))
     with pytest.raises(PipelineError, match="not a readable image"):
         pipe.vary(corrupt)
+
+
+def test_components_are_found_where_the_index_says(tiny_unclip, tmp_path):
+    """model_index.json's components[name].folder is where a component lives, not a fixed name."""
+    import json
+    import shutil
+
+    folder = tmp_path / "moved"
+    shutil.copytree(tiny_unclip, folder)
+    (folder / "decoder").rename(folder / "decoder-v2")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["components"]["decoder"]["folder"] = "decoder-v2"
+    (folder / "model_index.json").write_text(json.dumps(index))
+    moved = dalle2.load(folder)
+    original = dalle2.load(tiny_unclip)
+    assert same(moved(PROMPT, 1, seed=3)[0], original(PROMPT, 1, seed=3)[0])
+    index["components"]["decoder"]["folder"] = "../elsewhere"
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(PipelineError, match="not a subfolder"):
+        dalle2.load(folder)

@@ -29,7 +29,7 @@ from PIL import Image
 from dalle2.errors import Dalle2Error
 from dalle2.models.gan import sentence_embeddings
 from dalle2.pipeline import PipelineError, register
-from dalle2.pipeline_base import PipelineBase, check_components, check_count, check_prompts, slerp
+from dalle2.pipeline_base import PipelineBase, check_components, check_count, check_prompts, component_path, slerp
 
 __all__ = ["GanPipeline", "sentence_embeddings", "slerp_noise", "truncated_noise"]
 
@@ -81,8 +81,8 @@ class GanPipeline(PipelineBase):
         index = index or read_index(folder)
         check_components(folder, index, ("clip", "gan"), "GAN", "`dalle2 train gan --out {folder}`")
         try:
-            clip = ClipModel.load(folder / "clip").requires_grad_(False).eval()
-            generator = Generator.from_pretrained(folder / "gan").requires_grad_(False).eval()
+            clip = ClipModel.load(component_path(folder, index, "clip")).requires_grad_(False).eval()
+            generator = Generator.from_pretrained(component_path(folder, index, "gan")).requires_grad_(False).eval()
         except (Dalle2Error, FileNotFoundError) as error:
             raise PipelineError(str(error)) from None
         return cls(folder, index, clip, generator)

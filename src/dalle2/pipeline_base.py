@@ -46,6 +46,16 @@ def check_count(name: str, value: int, low: int, high: int) -> None:
         raise PipelineError(f"{name} must be an integer from {low} to {high}, got {value!r}")
 
 
+def component_path(folder: Path, index: Mapping[str, Any], name: str) -> Path:
+    """Where component ``name`` lives: ``model_index.json``'s ``components[name].folder`` (default: the
+    name), a relative path inside ``folder``; a PipelineError for one that would leave it."""
+    entry = index.get("components", {}).get(name) or {}
+    sub = entry.get("folder", name) if isinstance(entry, Mapping) else name
+    if not isinstance(sub, str) or not sub or Path(sub).is_absolute() or ".." in Path(sub).parts:
+        raise PipelineError(f"{folder / 'model_index.json'}: component {name!r} has folder {sub!r}, not a subfolder")
+    return folder / sub
+
+
 def check_components(
     folder: Path, index: Mapping[str, Any], required: Sequence[str], family: str, train: str
 ) -> Mapping[str, Any]:
@@ -53,7 +63,7 @@ def check_components(
     the index or the folder lacks, with ``train``, the command that makes them (``{step}``: the first
     missing component, ``{folder}``: the folder)."""
     components = index.get("components", {})
-    missing = [c for c in required if c not in components or not (folder / c).is_dir()]
+    missing = [c for c in required if c not in components or not component_path(folder, index, c).is_dir()]
     if missing:
         raise PipelineError(
             f"{folder}: the {family} pipeline is missing {', '.join(missing)}; train it with "

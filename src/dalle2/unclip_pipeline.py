@@ -30,7 +30,7 @@ from PIL import Image
 
 from dalle2.errors import Dalle2Error
 from dalle2.pipeline import PipelineError, register
-from dalle2.pipeline_base import PipelineBase, check_components, check_count, check_prompts, slerp
+from dalle2.pipeline_base import PipelineBase, check_components, check_count, check_prompts, component_path, slerp
 
 __all__ = ["UnclipPipeline", "slerp"]
 
@@ -59,12 +59,12 @@ class UnclipPipeline(PipelineBase):
         train = "`dalle2 train {step} --out {folder}` (or `dalle2 train all`)"
         components = check_components(folder, index, ("clip", "prior", "decoder"), "unCLIP", train)
         try:
-            clip = ClipModel.load(folder / "clip").requires_grad_(False).eval()
-            prior = DiffusionPrior.from_pretrained(folder / "prior").eval()
-            decoder = ImageDiffusion.from_pretrained(folder / "decoder").eval()
+            clip = ClipModel.load(component_path(folder, index, "clip")).requires_grad_(False).eval()
+            prior = DiffusionPrior.from_pretrained(component_path(folder, index, "prior")).eval()
+            decoder = ImageDiffusion.from_pretrained(component_path(folder, index, "decoder")).eval()
             upsampler = None
-            if "upsampler" in components and (folder / "upsampler").is_dir():
-                upsampler = ImageDiffusion.from_pretrained(folder / "upsampler").eval()
+            if "upsampler" in components and component_path(folder, index, "upsampler").is_dir():
+                upsampler = ImageDiffusion.from_pretrained(component_path(folder, index, "upsampler")).eval()
         except (Dalle2Error, FileNotFoundError) as error:
             raise PipelineError(str(error)) from None
         return cls(folder, index, clip, prior, decoder, upsampler)
