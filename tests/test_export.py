@@ -51,3 +51,23 @@ def test_export_errors(tiny_unclip, tmp_path, capsys):
     assert "unclip pipeline" in capsys.readouterr().out
     floats = [t for t in load_file(str(out / "decoder" / "model.safetensors")).values() if t.is_floating_point()]
     assert all(t.dtype.itemsize == 4 for t in floats)
+
+
+def test_export_writes_every_component_in_the_current_header(tiny_unclip, tmp_path):
+    """A folder saved under an older header (here: the decoder's pre-2026-12 one) ships in today's."""
+    import shutil
+
+    source = tmp_path / "old"
+    shutil.copytree(tiny_unclip, source)
+    config = json.loads((source / "decoder" / "config.json").read_text())
+    for key in ("format", "format_version", "class"):
+        config.pop(key, None)
+    old_header = {"format_version": 1, "class": "ImageDiffusion"}
+    (source / "decoder" / "config.json").write_text(json.dumps({**old_header, **config}))
+    export_pipeline(source, tmp_path / "out")
+    for name in ("clip", "prior", "decoder", "upsampler"):
+        header = json.loads((tmp_path / "out" / name / "config.json").read_text())
+        assert (header["format"], header["format_version"]) == ("dalle2-component", 1), name
+    a = dalle2.load(source)("a red circle", n=1, seed=2)[0]
+    b = dalle2.load(tmp_path / "out")("a red circle", n=1, seed=2)[0]
+    assert np.abs(np.asarray(a, dtype=float) - np.asarray(b, dtype=float)).mean() < 2.0  # float16 rounding only

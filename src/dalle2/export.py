@@ -19,7 +19,18 @@ from typing import Any
 import torch
 
 from dalle2.errors import Dalle2Error
-from dalle2.folder_format import FolderError, load_tensors, write_folder_atomic, write_model_index, write_tensors_atomic
+from dalle2.folder_format import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    FolderError,
+    component_header,
+    load_tensors,
+    read_component_config,
+    write_folder_atomic,
+    write_json_atomic,
+    write_model_index,
+    write_tensors_atomic,
+)
 
 __all__ = ["ExportError", "export_pipeline"]
 
@@ -88,6 +99,10 @@ def export_pipeline(
                     continue
                 if item.suffix == ".safetensors":
                     _copy_weights(item, tmp / folder.name / item.name, half)
+                elif item.name == CONFIG_FILE and (folder / WEIGHTS_FILE).is_file():
+                    # any older header becomes the current one: what ships is in today's format
+                    cls_name, config = read_component_config(folder)
+                    write_json_atomic(tmp / folder.name / item.name, {**component_header(cls_name), **config})
                 else:
                     shutil.copy2(item, tmp / folder.name / item.name)
             report = folder / "report.json"
