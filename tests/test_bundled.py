@@ -17,8 +17,8 @@ from dalle2.pipeline import BUNDLED, bundled_path
 
 PROMPTS_PER_TASK = 6
 #: measured on this slice (seed 0) when the model was bundled; see docs/results.md "The bundled models":
-#: 21 of 48 images at the shipped decoder guidance 3 (2026-12-03, two threads, the decoder of 6,000 + 1,500 steps). The
-#: previous decoder scored 3 of 48 here at guidance 1; this slice is too small to rank close models
+#: 21 of 48 images at the shipped decoder guidance 3 (2026-12-04, two threads, the conv-CLIP model whose decoder
+#: has 11,495 steps; the previous model also scored 21 here: this slice is too small to rank close models)
 MEASURED = {"unclip": 0.4375}
 FLOOR = {"unclip": 0.25}  # 12 of 48: guards against regressions (float rounding moves a few images), not a claim
 MAX_MB = 30.0

@@ -208,7 +208,7 @@ def rows_grid(images: Sequence[Any], prompts: Sequence[str], n: int, cell: int) 
     font = ImageFont.load_default(size=12)
     y = 0
     for prompt, row in zip(prompts, rows, strict=True):
-        text = prompt
+        prompt = text = " ".join(prompt.split())  # one line on the sheet: a prompt may hold newlines or tabs
         while draw.textlength(text, font=font) > width - 8 and len(text) > 4:
             text = text[:-2]
         if text != prompt:
