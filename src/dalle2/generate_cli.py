@@ -199,7 +199,7 @@ def rows_grid(images: Sequence[Any], prompts: Sequence[str], n: int, cell: int) 
     """One row of ``n`` tiles per prompt, the prompt written above its row."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from dalle2.grid import BACKGROUND, INK, image_grid
+    from dalle2.grid import BACKGROUND, INK, image_grid, one_line
 
     rows = [image_grid(images[i * n : (i + 1) * n], ncols=n, cell=cell, pad=PAD) for i in range(len(prompts))]
     width = max(rows[0].width, MIN_CAPTION_WIDTH)
@@ -208,7 +208,7 @@ def rows_grid(images: Sequence[Any], prompts: Sequence[str], n: int, cell: int) 
     font = ImageFont.load_default(size=12)
     y = 0
     for prompt, row in zip(prompts, rows, strict=True):
-        prompt = text = " ".join(prompt.split())  # one line on the sheet: a prompt may hold newlines or tabs
+        prompt = text = one_line(prompt)  # a prompt may hold newlines or tabs
         while draw.textlength(text, font=font) > width - 8 and len(text) > 4:
             text = text[:-2]
         if text != prompt:

@@ -37,6 +37,11 @@ def image_grid(
     return grid
 
 
+def one_line(text: str) -> str:
+    """``text`` with every run of whitespace (newlines, tabs) as one space: PIL measures one line only."""
+    return " ".join(text.split())
+
+
 def captioned_grid(
     images: Sequence[Image.Image],
     captions: Sequence[str],
@@ -64,7 +69,7 @@ def captioned_grid(
         draw.text((x + 2, y + 1), label, fill=(200, 0, 0) if marks and marks[i] else INK, font=label_font)
 
     # Caption sheet: numbered lines in as many columns as fit the grid's width.
-    lines = [f"{i + 1}. {' '.join(caption.split())}" for i, caption in enumerate(captions)]  # one line each
+    lines = [f"{i + 1}. {one_line(caption)}" for i, caption in enumerate(captions)]
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     line_h = 16
     col_w = min(max(measure.textlength(line, font=text_font) for line in lines) + 16, max(grid.width, 300))
