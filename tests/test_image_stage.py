@@ -194,3 +194,30 @@ def test_data_num_workers_reaches_the_loader(tmp_path, monkeypatch, stage):
     with pytest.raises(Stop):
         run(out=str(_copy(tmp_path)), overrides=["data.num_workers=3"], **TINY)
     assert seen["num_workers"] == 3
+
+
+@pytest.mark.parametrize("stage", ["decoder", "upsampler"])
+def test_data_train_length_sizes_the_training_split(tmp_path, monkeypatch, stage):
+    """data.train_length: shapes renders that many distinct training scenes (a long GPU run needs more than
+    the default 50,000, or its data-loader workers restart every few seconds at a new epoch)."""
+    import dalle2.training.trainer as trainer_module
+
+    seen: dict = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_trainer(model, loss_fn, dataset, *args, **kwargs):
+        seen["length"] = len(dataset)
+        raise Stop
+
+    monkeypatch.setattr(trainer_module, "Trainer", fake_trainer)
+    run = train_decoder if stage == "decoder" else train_upsampler
+    with pytest.raises(Stop):
+        run(out=str(_copy(tmp_path)), overrides=["data.train_length=123456"], **TINY)
+    assert seen["length"] == 123456
+    with pytest.raises(Stop):
+        run(out=str(_copy(tmp_path / "default")), **TINY)
+    assert seen["length"] == 50_000
+    with pytest.raises(ConfigError, match="data.train_length must be >= 1"):
+        run(out=str(_copy(tmp_path / "zero")), overrides=["data.train_length=0"], **TINY)

@@ -49,6 +49,9 @@ class DataConfig:
     resolution: int = 32  # base (decoder) resolution
     output_resolution: int = 64  # after the upsampler
     num_workers: int = 0  # DataLoader worker processes
+    # size of the training split: shapes renders this many distinct scenes (default 50,000), a file dataset
+    # is capped at it; long GPU runs set it high so that an epoch is not over before the workers warm up
+    train_length: int | None = None
     seed: int = 0
 
 
@@ -175,6 +178,7 @@ def validate(config: Config) -> None:
         (8 <= config.data.resolution <= 1024, "data.resolution must be between 8 and 1024"),
         (config.data.output_resolution >= config.data.resolution, "data.output_resolution must be >= data.resolution"),
         (config.data.num_workers >= 0, "data.num_workers must be >= 0"),
+        (config.data.train_length is None or config.data.train_length >= 1, "data.train_length must be >= 1"),
         (config.text.vocab_size >= 300, "text.vocab_size must be >= 300 (the byte alphabet needs 256 + specials)"),
         (4 <= config.text.max_length <= 1024, "text.max_length must be between 4 and 1024"),
         (config.train.batch_size >= 1, "train.batch_size must be >= 1"),

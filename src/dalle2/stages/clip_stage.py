@@ -188,7 +188,13 @@ def train_clip(args: argparse.Namespace | dict[str, Any] | None = None, **kwargs
         open_dataset(config.data.dataset, split="test", resolution=resolution, length=2)  # check data
         train_info: dict[str, Any] = {"pretrained_from": str(pretrained)}
     else:
-        dataset = open_dataset(config.data.dataset, split="train", resolution=resolution, seed=config.data.seed)
+        dataset = open_dataset(
+            config.data.dataset,
+            split="train",
+            resolution=resolution,
+            seed=config.data.seed,
+            length=config.data.train_length,
+        )
         out.mkdir(parents=True, exist_ok=True)
         tokenizer = _tokenizer(out, config, dataset, log)
         torch.manual_seed(config.train.seed)  # the initial weights (the Trainer seeds training itself)

@@ -258,7 +258,7 @@ def train_gan(args: argparse.Namespace | dict[str, Any] | None = None, **kwargs:
         raise GanStageError(f"--clip-from {opts['clip_from']}: folder not found")
     _check_folder(out)
     resolution = config.data.resolution
-    dataset, crop = open_images(config.data.dataset, "train", resolution, config.data.seed)
+    dataset, crop = open_images(config.data.dataset, "train", resolution, config.data.seed, config.data.train_length)
     test, _ = open_images(config.data.dataset, "test", resolution, 0, keys["eval_samples"])
     if len(test) < 2:
         raise GanStageError(f"{config.data.dataset}: the test split has {len(test)} samples; the report needs 2+")

@@ -159,7 +159,13 @@ def train_decoder(args: argparse.Namespace | dict[str, Any] | None = None, **kwa
     from dalle2.data import open_dataset
 
     resolution = clip.image_size if clip.source == "trained" else config.data.resolution
-    dataset = open_dataset(config.data.dataset, split="train", resolution=resolution, seed=config.data.seed)
+    dataset = open_dataset(
+        config.data.dataset,
+        split="train",
+        resolution=resolution,
+        seed=config.data.seed,
+        length=config.data.train_length,
+    )
     test = open_dataset(config.data.dataset, split="test", resolution=resolution, seed=0, length=keys["eval_samples"])
     width = _text_width(clip)
     sizes = {"net": {"image_size": resolution, "embed_dim": clip.config["embed_dim"], "context_dim": width}}
@@ -262,7 +268,9 @@ def train_upsampler(args: argparse.Namespace | dict[str, Any] | None = None, **k
         raise ImageStageError(f"data.output_resolution ({high}) must be a multiple of data.resolution ({low})")
     from dalle2.data import open_dataset
 
-    dataset = open_dataset(config.data.dataset, split="train", resolution=high, seed=config.data.seed)
+    dataset = open_dataset(
+        config.data.dataset, split="train", resolution=high, seed=config.data.seed, length=config.data.train_length
+    )
     test = open_dataset(config.data.dataset, split="test", resolution=high, seed=0, length=keys["eval_samples"])
     factor = high // low
     crop = max(high // 2, factor * 8)
