@@ -119,3 +119,31 @@ def test_cli_option(exported, tmp_path):
 
     args = build_parser().parse_args(["train", "decoder", "--out", str(tmp_path), "--init-from", str(exported)])
     assert args.init_from == str(exported)
+
+
+def test_lineage_lists_each_run_with_images_and_device(exported, tmp_path):
+    """CPU and GPU minutes are never summed unsaid: every run that led to the weights is listed with its
+    steps, images seen and what it ran on, also through a second warm start."""
+    first = _fresh(tmp_path, "first")
+    train_decoder(out=str(first), init_from=str(exported), max_steps=2, **TINY)
+    second = _fresh(tmp_path, "second")
+    report = train_decoder(out=str(second), init_from=str(first), max_steps=3, **TINY)
+    runs = report["lineage"]["runs"]
+    assert [r["steps"] for r in runs] == [4, 2, 3]
+    assert [r["samples"] for r in runs] == [4 * 8, 2 * 8, 3 * 8]  # the tiny preset's batch of 8
+    assert all(r["device"] == f"cpu ({torch.get_num_threads()} threads)" for r in runs)
+    assert report["lineage"]["steps"] == 9 and report["train"]["samples_per_step"] == 8
+    assert "runs" not in report["init_from"]  # listed once, in the lineage
+
+
+def test_a_folder_from_before_runs_were_recorded_counts_as_one_run(exported, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(exported, old)
+    path = old / "decoder" / "report.json"
+    report = json.loads(path.read_text())
+    for key in ("samples_per_step", "device"):
+        report["train"].pop(key)
+    path.write_text(json.dumps(report))
+    out = _fresh(tmp_path)
+    report = train_decoder(out=str(out), init_from=str(old), max_steps=1, **TINY)
+    assert report["lineage"]["runs"][0] == {"steps": 4, "training_minutes": report["init_from"]["training_minutes"]}

@@ -72,4 +72,6 @@ def train_summary(result: Any) -> dict[str, Any]:
         "samples_per_second": round(result.samples_per_second, 1),
         "final_loss": result.final_loss,
         "stop_reason": result.stop_reason,
+        "samples_per_step": result.samples_per_step,
+        "device": result.device,
     }

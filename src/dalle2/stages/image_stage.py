@@ -356,7 +356,7 @@ def warm_start(stage: str, model: Any, source: str | Path | None, out: Path, res
             f"set the same {stage}.net keys (or drop --init-from)"
         )
     model.load_state_dict(saved.state_dict())  # copies into the model's own dtype (float16 exports -> float32)
-    steps, minutes = 0, 0.0
+    steps, minutes, runs = 0, 0.0, []
     report_path = component / "report.json"
     if report_path.is_file():
         try:
@@ -368,12 +368,15 @@ def warm_start(stage: str, model: Any, source: str | Path | None, out: Path, res
         steps = int(lineage.get("steps", train.get("step", 0)) or 0)
         seconds = train.get("total_wall_seconds") or train.get("wall_seconds") or 0.0
         minutes = float(lineage.get("training_minutes", float(seconds) / 60))
+        # the runs that made those weights; a folder from before runs were recorded counts as one
+        runs = lineage.get("runs") or ([_segment(train)] if train else [])
     digest = hashlib.sha256((component / "model.safetensors").read_bytes()).hexdigest()
     record = {
         "source": component.resolve().parent.name,  # the pipeline folder's name, never a path
         "sha256": digest,
         "steps": steps,
         "training_minutes": round(minutes, 1),
+        "runs": runs,
     }
     write_json_atomic(record_path, record)
     log(
@@ -383,16 +386,34 @@ def warm_start(stage: str, model: Any, source: str | Path | None, out: Path, res
     return record
 
 
+def _segment(train: dict[str, Any]) -> dict[str, Any]:
+    """One run of a lineage from its report's ``train`` block: steps, images seen (where the batch is known),
+    minutes and what it ran on (where recorded)."""
+    seconds = train.get("total_wall_seconds") or train.get("wall_seconds") or 0.0
+    segment: dict[str, Any] = {
+        "steps": int(train.get("step", 0) or 0),
+        "training_minutes": round(float(seconds) / 60, 1),
+    }
+    if train.get("samples_per_step"):
+        segment["samples"] = segment["steps"] * int(train["samples_per_step"])
+    if train.get("device"):
+        segment["device"] = train["device"]
+    return segment
+
+
 def _lineage(init_from: dict | None, info: dict[str, Any]) -> dict[str, Any]:
-    """Report keys of a warm-started run: where it started and the totals of every run that led here."""
+    """Report keys of a warm-started run: where it started and the totals of every run that led here, each
+    run listed (steps, images, minutes, device), so that CPU and GPU minutes are never summed unsaid."""
     if init_from is None:
         return {}
     seconds = info.get("total_wall_seconds") or info.get("wall_seconds") or 0.0
+    init_record = {k: v for k, v in init_from.items() if k != "runs"}
     return {
-        "init_from": init_from,
+        "init_from": init_record,
         "lineage": {
             "steps": init_from["steps"] + int(info["step"]),
             "training_minutes": round(init_from["training_minutes"] + float(seconds) / 60, 1),
+            "runs": [*init_from.get("runs", []), _segment(info)],
         },
     }
 

@@ -98,6 +98,17 @@ class TrainResult:
     checkpoint: Path | None  # the newest checkpoint on disk
     final_losses: dict[str, float] | None = None  # per phase (final_loss is their sum)
     total_wall_seconds: float | None = None  # training time of every run that led to this step (resumes summed)
+    samples_per_step: int = 0  # images (or pairs) per optimizer step, over all processes and accumulated batches
+    device: str = ""  # what trained it: "cpu (2 threads)", "cuda: NVIDIA H200 x1", ...
+
+
+def device_name(device: torch.device, processes: int = 1) -> str:
+    """What a run trained on, for reports and provenance: the accelerator's name, or the CPU's thread count."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)} x{processes}"
+    if device.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads)" + (f" x{processes}" if processes > 1 else "")
+    return f"{device.type} x{processes}"
 
 
 def warmup_cosine(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
@@ -587,6 +598,8 @@ class Trainer:
             checkpoint=checkpoint,
             final_losses=dict(self.last_losses) if self.multi_phase else None,
             total_wall_seconds=self.wall_before + wall,
+            samples_per_step=samples_per_step,
+            device=device_name(acc.device, acc.num_processes),
         )
 
     def _where(self, phase: Phase, short: bool = False) -> str:
