@@ -175,31 +175,9 @@ def test_self_conditioned_decoder_trains_saves_and_generates(tmp_path):
     assert np.abs(np.asarray(images[0], dtype=float) - np.asarray(images[1], dtype=float)).mean() > 0.5
 
 
-@pytest.mark.parametrize("stage", ["decoder", "upsampler"])
-def test_data_num_workers_reaches_the_loader(tmp_path, monkeypatch, stage):
-    """Issue 22: the image stages ignored data.num_workers (the gpu preset's 8 workers never ran)."""
-    import dalle2.training.trainer as trainer_module
-
-    seen: dict = {}
-
-    class Stop(Exception):
-        pass
-
-    def fake_trainer(*args, **kwargs):
-        seen.update(kwargs)
-        raise Stop
-
-    monkeypatch.setattr(trainer_module, "Trainer", fake_trainer)
-    run = train_decoder if stage == "decoder" else train_upsampler
-    with pytest.raises(Stop):
-        run(out=str(_copy(tmp_path)), overrides=["data.num_workers=3"], **TINY)
-    assert seen["num_workers"] == 3
-
-
-@pytest.mark.parametrize("stage", ["decoder", "upsampler"])
-def test_data_train_length_sizes_the_training_split(tmp_path, monkeypatch, stage):
-    """data.train_length: shapes renders that many distinct training scenes (a long GPU run needs more than
-    the default 50,000, or its data-loader workers restart every few seconds at a new epoch)."""
+def _trainer_call(monkeypatch, stage: str, out: Path, overrides: list[str] | None = None) -> dict:
+    """What the decoder or upsampler stage hands the Trainer (the dataset and the keyword arguments); the
+    run stops there."""
     import dalle2.training.trainer as trainer_module
 
     seen: dict = {}
@@ -208,16 +186,27 @@ def test_data_train_length_sizes_the_training_split(tmp_path, monkeypatch, stage
         pass
 
     def fake_trainer(model, loss_fn, dataset, *args, **kwargs):
-        seen["length"] = len(dataset)
+        seen.update(kwargs, dataset=dataset)
         raise Stop
 
     monkeypatch.setattr(trainer_module, "Trainer", fake_trainer)
     run = train_decoder if stage == "decoder" else train_upsampler
     with pytest.raises(Stop):
-        run(out=str(_copy(tmp_path)), overrides=["data.train_length=123456"], **TINY)
-    assert seen["length"] == 123456
-    with pytest.raises(Stop):
-        run(out=str(_copy(tmp_path / "default")), **TINY)
-    assert seen["length"] == 50_000
+        run(out=str(_copy(out)), overrides=overrides or [], **TINY)
+    return seen
+
+
+@pytest.mark.parametrize("stage", ["decoder", "upsampler"])
+def test_data_num_workers_reaches_the_loader(tmp_path, monkeypatch, stage):
+    """Issue 22: the image stages ignored data.num_workers (the gpu preset's 8 workers never ran)."""
+    assert _trainer_call(monkeypatch, stage, tmp_path, ["data.num_workers=3"])["num_workers"] == 3
+
+
+@pytest.mark.parametrize("stage", ["decoder", "upsampler"])
+def test_data_train_length_sizes_the_training_split(tmp_path, monkeypatch, stage):
+    """data.train_length: shapes renders that many distinct training scenes (a long GPU run needs more than
+    the default 50,000, or its data-loader workers restart every few seconds at a new epoch)."""
+    assert len(_trainer_call(monkeypatch, stage, tmp_path, ["data.train_length=123456"])["dataset"]) == 123456
+    assert len(_trainer_call(monkeypatch, stage, tmp_path / "default")["dataset"]) == 50_000
     with pytest.raises(ConfigError, match="data.train_length must be >= 1"):
-        run(out=str(_copy(tmp_path / "zero")), overrides=["data.train_length=0"], **TINY)
+        _trainer_call(monkeypatch, stage, tmp_path / "zero", ["data.train_length=0"])

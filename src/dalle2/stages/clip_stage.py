@@ -30,7 +30,14 @@ import yaml
 
 from dalle2.folder_format import update_model_index, write_json_atomic
 from dalle2.models.clip import ClipConfig, ClipError, ClipModel
-from dalle2.stages.common import default_trackers, printer, resolve_options, stage_options, train_summary
+from dalle2.stages.common import (
+    default_trackers,
+    open_train_split,
+    printer,
+    resolve_options,
+    stage_options,
+    train_summary,
+)
 
 __all__ = ["evaluate_clip", "train_clip"]
 
@@ -188,13 +195,7 @@ def train_clip(args: argparse.Namespace | dict[str, Any] | None = None, **kwargs
         open_dataset(config.data.dataset, split="test", resolution=resolution, length=2)  # check data
         train_info: dict[str, Any] = {"pretrained_from": str(pretrained)}
     else:
-        dataset = open_dataset(
-            config.data.dataset,
-            split="train",
-            resolution=resolution,
-            seed=config.data.seed,
-            length=config.data.train_length,
-        )
+        dataset = open_train_split(config, resolution)
         out.mkdir(parents=True, exist_ok=True)
         tokenizer = _tokenizer(out, config, dataset, log)
         torch.manual_seed(config.train.seed)  # the initial weights (the Trainer seeds training itself)

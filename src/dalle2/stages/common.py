@@ -16,6 +16,20 @@ def stage_options(args: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
+def open_train_split(config: Any, resolution: int) -> Any:
+    """The training split of ``config.data.dataset`` at ``resolution``: its seed and, where set, its size
+    (``data.train_length``)."""
+    from dalle2.data import open_dataset
+
+    return open_dataset(
+        config.data.dataset,
+        split="train",
+        resolution=resolution,
+        seed=config.data.seed,
+        length=config.data.train_length,
+    )
+
+
 def resolve_options(stage: str, opts: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """:func:`dalle2.config.resolve_stage` for a stage's options: ``preset`` (default "cpu"), ``config``
     (YAML), ``overrides`` (or ``set``: ``section.key=value`` strings) and the dedicated options

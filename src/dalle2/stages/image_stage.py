@@ -37,6 +37,7 @@ from dalle2.folder_format import INDEX_FILE, read_model_index, update_model_inde
 from dalle2.stages.common import (
     default_trackers,
     load_frozen_clip,
+    open_train_split,
     printer,
     stage_options,
     train_summary,
@@ -159,13 +160,7 @@ def train_decoder(args: argparse.Namespace | dict[str, Any] | None = None, **kwa
     from dalle2.data import open_dataset
 
     resolution = clip.image_size if clip.source == "trained" else config.data.resolution
-    dataset = open_dataset(
-        config.data.dataset,
-        split="train",
-        resolution=resolution,
-        seed=config.data.seed,
-        length=config.data.train_length,
-    )
+    dataset = open_train_split(config, resolution)
     test = open_dataset(config.data.dataset, split="test", resolution=resolution, seed=0, length=keys["eval_samples"])
     width = _text_width(clip)
     sizes = {"net": {"image_size": resolution, "embed_dim": clip.config["embed_dim"], "context_dim": width}}
@@ -268,9 +263,7 @@ def train_upsampler(args: argparse.Namespace | dict[str, Any] | None = None, **k
         raise ImageStageError(f"data.output_resolution ({high}) must be a multiple of data.resolution ({low})")
     from dalle2.data import open_dataset
 
-    dataset = open_dataset(
-        config.data.dataset, split="train", resolution=high, seed=config.data.seed, length=config.data.train_length
-    )
+    dataset = open_train_split(config, high)
     test = open_dataset(config.data.dataset, split="test", resolution=high, seed=0, length=keys["eval_samples"])
     factor = high // low
     crop = max(high // 2, factor * 8)
@@ -366,8 +359,7 @@ def warm_start(stage: str, model: Any, source: str | Path | None, out: Path, res
         lineage = previous.get("lineage") or {}
         train = previous.get("train") or {}
         steps = int(lineage.get("steps", train.get("step", 0)) or 0)
-        seconds = train.get("total_wall_seconds") or train.get("wall_seconds") or 0.0
-        minutes = float(lineage.get("training_minutes", float(seconds) / 60))
+        minutes = float(lineage.get("training_minutes", _minutes(train)))
         # the runs that made those weights; a folder from before runs were recorded counts as one
         runs = lineage.get("runs") or ([_segment(train)] if train else [])
     digest = hashlib.sha256((component / "model.safetensors").read_bytes()).hexdigest()
@@ -386,14 +378,15 @@ def warm_start(stage: str, model: Any, source: str | Path | None, out: Path, res
     return record
 
 
+def _minutes(train: dict[str, Any]) -> float:
+    """Training minutes of a report's ``train`` block (every resumed run summed where recorded)."""
+    return float(train.get("total_wall_seconds") or train.get("wall_seconds") or 0.0) / 60
+
+
 def _segment(train: dict[str, Any]) -> dict[str, Any]:
     """One run of a lineage from its report's ``train`` block: steps, images seen (where the batch is known),
     minutes and what it ran on (where recorded)."""
-    seconds = train.get("total_wall_seconds") or train.get("wall_seconds") or 0.0
-    segment: dict[str, Any] = {
-        "steps": int(train.get("step", 0) or 0),
-        "training_minutes": round(float(seconds) / 60, 1),
-    }
+    segment: dict[str, Any] = {"steps": int(train.get("step", 0) or 0), "training_minutes": round(_minutes(train), 1)}
     if train.get("samples_per_step"):
         segment["samples"] = segment["steps"] * int(train["samples_per_step"])
     if train.get("device"):
@@ -406,13 +399,12 @@ def _lineage(init_from: dict | None, info: dict[str, Any]) -> dict[str, Any]:
     run listed (steps, images, minutes, device), so that CPU and GPU minutes are never summed unsaid."""
     if init_from is None:
         return {}
-    seconds = info.get("total_wall_seconds") or info.get("wall_seconds") or 0.0
     init_record = {k: v for k, v in init_from.items() if k != "runs"}
     return {
         "init_from": init_record,
         "lineage": {
             "steps": init_from["steps"] + int(info["step"]),
-            "training_minutes": round(init_from["training_minutes"] + float(seconds) / 60, 1),
+            "training_minutes": round(init_from["training_minutes"] + _minutes(info), 1),
             "runs": [*init_from.get("runs", []), _segment(info)],
         },
     }
