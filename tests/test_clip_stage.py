@@ -279,3 +279,36 @@ def test_cli_trains_a_conv_clip_on_the_larger_render(tmp_path, capsys):
     trained_state, fresh_state = model.vision.state_dict(), fresh.vision.state_dict()
     assert set(trained_state) == set(fresh_state)
     assert not all(torch.equal(trained_state[k], fresh_state[k]) for k in trained_state)
+
+
+def test_stage_hands_every_hard_negative_kind_to_the_loss(tmp_path, monkeypatch):
+    """``clip.hard_negative_kinds=shape,relation,binding``: each caption's applicable twins (3 for a relation
+    between two colours, 1 for a single object) follow the batch's captions in one text pass."""
+    import dalle2.training.trainer as trainer_module
+    from dalle2.data.shapes import hard_negatives
+
+    seen: dict = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_trainer(model, loss_fn, dataset, *args, **kwargs):
+        seen.update(model=model, loss_fn=loss_fn)
+        raise Stop
+
+    monkeypatch.setattr(trainer_module, "Trainer", fake_trainer)
+    sets = ["clip.hard_negative_kinds=shape, relation,binding"]
+    with pytest.raises(Stop):
+        train_clip(out=str(tmp_path / "p"), data="shapes", preset="tiny", overrides=sets, quiet=True)
+    captions = ["a red circle left of a blue square", "a green star"]
+    calls = []
+    seen["loss_fn"](
+        lambda *args: calls.append(args) or torch.zeros(()), {"caption": captions, "image": torch.zeros(2, 3, 16, 16)}
+    )
+    images, ids, mask, negative_ids, negative_mask = calls[0]
+    twins = [t for c in captions for t in hard_negatives(c, ("shape", "relation", "binding"))]
+    assert len(twins) == 4 and ids.shape[0] == 2 and negative_ids.shape[0] == 4
+    expected, _ = seen["model"].tokenizer.encode(captions + twins)
+    assert torch.equal(negative_ids, expected[2:, : negative_ids.shape[1]])
+    with pytest.raises(ClipError, match="clip.hard_negative_kinds must be a comma-separated list"):
+        train_clip(out=str(tmp_path / "q"), preset="tiny", overrides=["clip.hard_negative_kinds=colour"], quiet=True)

@@ -431,7 +431,7 @@ def test_swap_shape_words_changes_every_shape_and_nothing_else():
     data = ShapesDataset("train", length=300)
     for i in range(300):
         caption = data[i]["caption"]
-        negative = ShapesDataset.hard_negative(caption)
+        (negative,) = ShapesDataset.hard_negatives(caption)  # the default kind: shape only
         assert negative == swap_shape_words(caption)  # deterministic (resume-exact)
         a, b = caption.split(), negative.split()
         assert len(a) == len(b)
@@ -446,3 +446,60 @@ def test_swap_shape_words_changes_every_shape_and_nothing_else():
     assert swap_shape_words("a red crosses-free sky", seed=1) == "a red crosses-free sky".replace(
         "crosses", swap_shape_words("crosses", seed=1)
     )
+
+
+def test_relation_and_binding_negatives_are_false_of_the_scene():
+    """Issue 20: an inverted relation never holds between the captioned boxes (GenEval rule); exchanged
+    colours keep every word but bind two different colours to the other object; backgrounds stay."""
+    from dalle2.data.base import DatasetError
+    from dalle2.data.shapes import (
+        COLORS,
+        INVERSE_RELATION,
+        RELATION_PHRASES,
+        ShapesDataset,
+        exchange_colours,
+        hard_negatives,
+        invert_relation,
+        relation_holds,
+    )
+
+    phrases = {p: rel for rel, ps in RELATION_PHRASES.items() for p in ps}
+    data = ShapesDataset("train", length=400)
+    kinds_seen = {"relation": 0, "binding": 0}
+    for i in range(400):
+        scene, caption = data.scene(i)
+        inverted, exchanged = invert_relation(caption), exchange_colours(caption)
+        if scene.kind != "relation":
+            assert inverted is None  # "on the left", "in the top left corner" are cells, not relations
+        if inverted is not None:
+            kinds_seen["relation"] += 1
+            (before,) = [p for p in sorted(phrases, key=len, reverse=True) if f" {p} " in f" {caption} "][:1]
+            (after,) = [p for p in sorted(phrases, key=len, reverse=True) if f" {p} " in f" {inverted} "][:1]
+            assert phrases[after] == INVERSE_RELATION[phrases[before]]
+            assert caption.replace(before, "") == inverted.replace(after, "")  # only the phrase changed
+            a, b = scene.objects
+            rel = scene.relation
+            # the caption's relation holds of the scene, its inverse never does
+            assert relation_holds(a, b, rel) and not relation_holds(a, b, INVERSE_RELATION[rel])
+        if exchanged is not None:
+            kinds_seen["binding"] += 1
+            assert scene.kind == "relation" and scene.objects[0].color != scene.objects[1].color
+            assert sorted(exchanged.split()) == sorted(caption.split()) and exchanged != caption
+            words = [w for w in caption.split() if w in COLORS]
+            assert [w for w in exchanged.split() if w in COLORS][:2] == words[:2][::-1]
+            if "background" in caption:
+                assert (
+                    caption.split()[caption.split().index("background") - 1]
+                    == exchanged.split()[exchanged.split().index("background") - 1]
+                )
+        twins = hard_negatives(caption, ("shape", "relation", "binding"))
+        assert twins == [t for t in (hard_negatives(caption)[0], inverted, exchanged) if t is not None]
+    assert kinds_seen["relation"] > 50 and kinds_seen["binding"] > 50
+    assert exchange_colours("a red circle on a white background") is None  # one object colour
+    assert exchange_colours("a red circle above a red square") is None  # nothing to exchange
+    assert exchange_colours("a white star left of a red heart on a white background") == (
+        "a red star left of a white heart on a white background"
+    )
+    assert invert_relation("a red circle beneath a blue star") == "a red circle above a blue star"
+    with pytest.raises(DatasetError, match="unknown hard-negative kind 'colour'"):
+        hard_negatives("a red circle", ("shape", "colour"))

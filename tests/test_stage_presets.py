@@ -26,6 +26,8 @@ def _cases():
 CHANGED_SINCE = {("clip", "cpu"): {"vision_arch": "conv"}}  # docs/results.md, CLIP, 2026-12-03
 #: config keys added after the freeze, with the default every preset leaves them at: section -> keys
 ADDED_SINCE = {"data": {"train_length": None}}  # 2026-12-04, sizes the training split for long GPU runs
+#: stage-section keys added after the freeze, with the default every preset leaves them at: stage -> keys
+SECTION_ADDED_SINCE = {"clip": {"hard_negative_kinds": "shape"}}  # 2026-12-04, relation and binding twins
 
 
 @pytest.mark.parametrize(("stage", "preset", "case"), list(_cases()))
@@ -40,6 +42,7 @@ def test_resolve_stage_matches_the_old_resolvers(stage, preset, case, tmp_path):
     config, section, keys = resolve_stage(stage, preset, str(yaml_file) if spec.get("config") else None, sets, options)
     expected = FROZEN["resolved"][stage][preset][case]
     expected["section"].update(CHANGED_SINCE.get((stage, preset), {}))
+    expected["section"].update(SECTION_ADDED_SINCE.get(stage, {}))
     for section_name, added in ADDED_SINCE.items():
         expected["config"][section_name].update(added)
     got = json.loads(json.dumps({"config": config.to_dict(), "section": section, "stage": keys}))

@@ -82,6 +82,10 @@ __all__ = [
     "sample_scene",
     "scene_from_spec",
     "scene_meta",
+    "NEGATIVE_KINDS",
+    "exchange_colours",
+    "hard_negatives",
+    "invert_relation",
     "swap_shape_words",
 ]
 
@@ -181,6 +185,58 @@ INVERSE_RELATION: dict[str, str] = {
     "above": "below",
     "below": "above",
 }
+
+#: The kinds of hard-negative caption :func:`hard_negatives` writes, each false of the image in one way:
+#: ``shape`` (every shape word swapped), ``relation`` (the relation inverted) and ``binding`` (two objects'
+#: colours exchanged: the words stay, what they attach to changes).
+NEGATIVE_KINDS: tuple[str, ...] = ("shape", "relation", "binding")
+
+_RELATION_WORD = re.compile(
+    r"\b(" + "|".join(sorted({p for ps in RELATION_PHRASES.values() for p in ps}, key=len, reverse=True)) + r")\b"
+)
+
+
+def invert_relation(caption: str) -> str | None:
+    """``caption`` with its relation phrase replaced by the inverse relation's ("to the left of" -> "to the
+    right of", "beneath" -> "above"): false of the scene under the GenEval rule, since no pair of boxes is
+    both left and right of each other. None when the caption names no relation."""
+    phrase_of = {p: (rel, i) for rel, ps in RELATION_PHRASES.items() for i, p in enumerate(ps)}
+
+    def replace(match: re.Match) -> str:
+        rel, i = phrase_of[match.group(0)]
+        inverse = RELATION_PHRASES[INVERSE_RELATION[rel]]
+        return inverse[i] if i < len(inverse) else inverse[0]
+
+    swapped = _RELATION_WORD.sub(replace, caption)
+    return None if swapped == caption else swapped
+
+
+_OBJECT_COLOUR = re.compile(r"\b(" + "|".join(COLORS) + r")\b(?! background)")
+
+
+def exchange_colours(caption: str) -> str | None:
+    """``caption`` with its two objects' colour words exchanged ("a red circle left of a blue square" ->
+    "a blue circle left of a red square"; the background's colour is left alone): every word still
+    occurs, bound to the wrong object. None unless the caption names exactly two different object colours."""
+    words = [m.group(0) for m in _OBJECT_COLOUR.finditer(caption)]
+    if len(words) != 2 or words[0] == words[1]:
+        return None
+    swap = {words[0]: words[1], words[1]: words[0]}
+    return _OBJECT_COLOUR.sub(lambda m: swap[m.group(0)], caption)
+
+
+def hard_negatives(caption: str, kinds: Sequence[str] = ("shape",)) -> list[str]:
+    """The wrong twins of ``caption`` for contrastive training (NegCLIP, Yuksekgonul et al. 2023), one per
+    kind in ``kinds`` (:data:`NEGATIVE_KINDS`) that applies to it: ``shape`` always
+    (:func:`swap_shape_words`), ``relation`` to relation captions (:func:`invert_relation`), ``binding`` to
+    captions of two differently coloured objects (:func:`exchange_colours`)."""
+    unknown = [k for k in kinds if k not in NEGATIVE_KINDS]
+    if unknown:
+        raise DatasetError(f"unknown hard-negative kind {unknown[0]!r}; choose from {', '.join(NEGATIVE_KINDS)}")
+    writers = {"shape": swap_shape_words, "relation": invert_relation, "binding": exchange_colours}
+    twins = (writers[k](caption) for k in dict.fromkeys(kinds))
+    return [t for t in twins if t is not None and t != caption]
+
 
 KINDS: tuple[str, ...] = ("single", "relation", "count")
 #: Kind mix of the training distribution.
@@ -856,9 +912,9 @@ class ShapesDataset(Dataset):
         return self.length
 
     @staticmethod
-    def hard_negative(caption: str) -> str:
-        """A wrong twin of ``caption`` for contrastive training (:func:`swap_shape_words`)."""
-        return swap_shape_words(caption)
+    def hard_negatives(caption: str, kinds: Sequence[str] = ("shape",)) -> list[str]:
+        """The wrong twins of ``caption`` for contrastive training (:func:`hard_negatives`)."""
+        return hard_negatives(caption, kinds)
 
     def scene(self, index: int) -> tuple[Scene, str]:
         """The scene and caption of sample ``index`` (no rendering)."""

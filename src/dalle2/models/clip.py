@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dalle2.coerce import coerce
+from dalle2.data.shapes import NEGATIVE_KINDS
 from dalle2.errors import Dalle2Error
 from dalle2.folder_format import CONFIG_FILE, load_component_config, load_weights, save_component, write_folder_atomic
 
@@ -99,6 +100,9 @@ class ClipConfig:
     #: NegCLIP hard negatives: each caption also gets a wrong twin from the dataset (on ``shapes``: every
     #: shape word swapped), so the towers must tell what a batch of random captions never asks (shape).
     hard_negatives: bool = True
+    #: which wrong twins, comma-separated (:data:`dalle2.data.shapes.NEGATIVE_KINDS`): "shape" (every shape
+    #: word swapped), "relation" (the relation inverted), "binding" (two objects' colours exchanged)
+    hard_negative_kinds: str = "shape"
     #: image tower: "vit" (transformers CLIPVisionModel; vision_width/layers/heads, patch_size) or "conv"
     #: (:class:`ConvImageTower`; conv_* keys, vision_heads for attention pooling)
     vision_arch: str = "vit"
@@ -144,6 +148,11 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     return coerce(value, (kind,), f"clip.{key}", ClipError, name)
 
 
+def negative_kinds(c: ClipConfig) -> list[str]:
+    """``clip.hard_negative_kinds`` as a list ("shape, relation" -> ["shape", "relation"])."""
+    return [k.strip() for k in c.hard_negative_kinds.split(",") if k.strip()]
+
+
 def _validate(c: ClipConfig) -> None:
     checks = [
         (c.text_encoder in TEXT_ENCODERS, f"clip.text_encoder must be one of {', '.join(TEXT_ENCODERS)}"),
@@ -171,6 +180,10 @@ def _validate(c: ClipConfig) -> None:
         (0 < c.init_temperature < 1, "clip.init_temperature must be in (0, 1)"),
         (c.max_logit_scale > 1, "clip.max_logit_scale must be > 1"),
         (c.eval_samples >= 2, "clip.eval_samples must be >= 2"),
+        (
+            bool(negative_kinds(c)) and set(negative_kinds(c)) <= set(NEGATIVE_KINDS),
+            f"clip.hard_negative_kinds must be a comma-separated list of {', '.join(NEGATIVE_KINDS)}",
+        ),
         (0 <= c.ema_decay < 1, "clip.ema_decay must be in [0, 1)"),
     ]
     for ok, message in checks:

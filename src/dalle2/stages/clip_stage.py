@@ -29,7 +29,7 @@ import torch
 import yaml
 
 from dalle2.folder_format import update_model_index, write_json_atomic
-from dalle2.models.clip import ClipConfig, ClipError, ClipModel
+from dalle2.models.clip import ClipConfig, ClipError, ClipModel, negative_kinds
 from dalle2.stages.common import (
     default_trackers,
     open_train_split,
@@ -242,15 +242,16 @@ def train_clip(args: argparse.Namespace | dict[str, Any] | None = None, **kwargs
 def _train(model: ClipModel, dataset: Any, config: Any, clip_config: ClipConfig, out: Path, opts: dict[str, Any]):
     from dalle2.training.trainer import Trainer
 
-    negative = getattr(dataset, "hard_negative", None) if clip_config.hard_negatives else None
+    negatives = getattr(dataset, "hard_negatives", None) if clip_config.hard_negatives else None
+    kinds = negative_kinds(clip_config)
 
     def loss_fn(m: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         captions = list(batch["caption"])
         images = batch["image"]
-        if negative is None:
+        if negatives is None:
             ids, mask = model.tokenizer.encode(captions)
             return m(images, ids.to(images.device), mask.to(images.device))
-        ids, mask = model.tokenizer.encode(captions + [negative(c) for c in captions])
+        ids, mask = model.tokenizer.encode(captions + [twin for c in captions for twin in negatives(c, kinds)])
         ids, mask, n = ids.to(images.device), mask.to(images.device), len(captions)
         return m(images, ids[:n], mask[:n], ids[n:], mask[n:])
 
