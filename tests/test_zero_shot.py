@@ -1,4 +1,5 @@
-"""dalle2.stages.zero_shot: colour, shape, count, position and relation accuracy on hand-built embedding spaces."""
+"""dalle2.stages.zero_shot: colour, shape, count, position, relation and binding accuracy on hand-built
+embedding spaces."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from dalle2.data.shapes import CELLS, COLORS, RELATIONS, SHAPES, ShapesDataset, scene_from_spec, scene_meta
 from dalle2.stages.zero_shot import (
     attribute_accuracy,
+    binding_accuracy,
     count_accuracy,
     count_prompts,
     position_accuracy,
@@ -136,6 +138,20 @@ def test_relation_accuracy_counts_any_relation_that_holds():
     assert relation_accuracy(images[2:3], [flipped], random_texts)["relation_accuracy"] == 1.0
 
 
+def test_binding_accuracy_asks_which_object_has_which_colour():
+    red, blue = {"shape": "circle", "color": "red"}, {"shape": "square", "color": "blue"}
+    scene = meta("relation", [{**red, "cell": "left"}, {**blue, "cell": "center"}], relation="left of")
+    same = meta("relation", [{**red, "cell": "left"}, {**red, "shape": "star", "cell": "center"}], relation="left of")
+    true, exchanged = "a red circle to the left of a blue square", "a blue circle to the left of a red square"
+    images = torch.stack([pointing_at(true), pointing_at(exchanged), pointing_at(true), pointing_at(true)])
+    result = binding_accuracy(images, [scene, scene, scene, same], random_texts)  # same colours: skipped
+    assert result == {"binding_images": 3, "binding_accuracy": 2 / 3, "binding_chance": 0.5}
+    # subject and object come from meta's indices: the prompts name the subject first
+    flipped = {**scene, "objects": scene["objects"][::-1], "relation": {**scene["relation"], "subject": 1, "object": 0}}
+    assert binding_accuracy(images[:1], [flipped], random_texts)["binding_accuracy"] == 1.0
+    assert binding_accuracy(images[:1], [same], random_texts) == {}
+
+
 def test_report_is_perfect_when_each_image_points_at_its_true_prompts():
     """On 200 real test scenes: an image embedding made of its true prompts gets every attribute right, and an
     embedding pointing nowhere in particular gets them right about as often as chance."""
@@ -162,10 +178,12 @@ def test_report_is_perfect_when_each_image_points_at_its_true_prompts():
     assert (
         report["count_images"] == kinds.count("count") > 0 and report["relation_images"] == kinds.count("relation") > 0
     )
-    assert all(report[f"{a}_accuracy"] == 1.0 for a in ("color", "shape", "count", "position", "relation"))
+    assert all(report[f"{a}_accuracy"] == 1.0 for a in ("color", "shape", "count", "position", "relation", "binding"))
+    two_colours = [m for m in metas if m["kind"] == "relation" and m["objects"][0]["color"] != m["objects"][1]["color"]]
+    assert report["binding_images"] == len(two_colours) > 0 and report["binding_chance"] == 0.5
     assert 0.25 < report["relation_chance"] < 0.5  # diagonal pairs hold two relations
 
     noise = torch.randn(len(metas), DIM, generator=torch.Generator().manual_seed(0))
     blind = zero_shot_report(noise, metas, random_texts)
-    for a in ("color", "shape", "count", "position", "relation"):
+    for a in ("color", "shape", "count", "position", "relation", "binding"):
         assert abs(blind[f"{a}_accuracy"] - blind[f"{a}_chance"]) < 0.15, (a, blind)

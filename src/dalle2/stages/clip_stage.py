@@ -10,8 +10,8 @@ of trained. The report (printed and written to ``OUT/clip/report.json``):
 * retrieval on held-out (test split) pairs: text->image and image->text recall@1 and @5, each query
   ranked among the other members of its chunk of 100 (chance: 1% and 5%);
 * on ``shapes``, zero-shot accuracy (:func:`dalle2.stages.zero_shot.zero_shot_report`): colour, shape and
-  position on single-object test images, count on count scenes, relation on relation scenes, each
-  against prompts that differ only in that attribute, with its chance level;
+  position on single-object test images, count on count scenes, relation and colour binding on relation
+  scenes, each against prompts that differ only in that attribute, with its chance level;
 * the training minutes (``train_minutes``).
 
 A trained CLIP reads the dataset at its image tower's resolution, ``clip.image_size`` (0, the default:
@@ -50,6 +50,7 @@ ZERO_SHOT_ATTRIBUTES = (
     ("count", "count", "count_images"),
     ("position", "position", "position_images"),
     ("relation", "relation", "relation_images"),
+    ("binding", "binding", "binding_images"),
 )
 
 

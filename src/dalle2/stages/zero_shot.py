@@ -13,9 +13,12 @@ embeddings). The ground truth is the sample's ``meta`` (:func:`dalle2.data.shape
 * relation: ``relation`` scenes, "a SUBJECT RELATION an OBJECT" for the four relations, e.g. "a red circle to
   the left of a blue square". A prediction is right when it holds under the GenEval rule the captions are
   true by (:func:`dalle2.data.shapes.geneval_relations` on the objects' boxes): a diagonal pair can be both
-  "left of" and "above" its partner, so chance is the mean over images of (true relations) / 4, reported.
+  "left of" and "above" its partner, so chance is the mean over images of (true relations) / 4, reported;
+* binding: ``relation`` scenes of two differently coloured objects, the true relation caption against the
+  same caption with the two colours exchanged, e.g. "a red circle to the left of a blue square" or "a blue
+  circle to the left of a red square" (chance 1/2): whether the colours are bound to the right objects.
 
-:func:`zero_shot_report` gives all five (the CLIP stage's ``report.json["zero_shot"]``);
+:func:`zero_shot_report` gives all six (the CLIP stage's ``report.json["zero_shot"]``);
 :func:`attribute_accuracy` alone is colour and shape (also used by ``benchmarks/evaluator_zero_shot.py``).
 """
 
@@ -28,6 +31,7 @@ import torch
 
 __all__ = [
     "attribute_accuracy",
+    "binding_accuracy",
     "count_accuracy",
     "count_prompts",
     "position_accuracy",
@@ -184,10 +188,37 @@ def relation_accuracy(
     return {"relation_images": len(picks), "relation_accuracy": right / len(picks), "relation_chance": chance}
 
 
+def binding_accuracy(
+    image_embeds: torch.Tensor, metas: Sequence[dict[str, Any]], embed_texts: EmbedTexts
+) -> dict[str, Any]:
+    """Colour-binding accuracy over the ``relation`` scenes of two different colours among ``metas`` (see the
+    module docstring); ``{}`` if none."""
+    from dalle2.data.shapes import RELATION_PHRASES
+
+    prompts = {}
+    for i, meta in enumerate(metas):
+        rel = meta.get("relation") if meta.get("kind") == "relation" else None
+        if not rel:
+            continue
+        subject, obj = meta["objects"][rel["subject"]], meta["objects"][rel["object"]]
+        if subject["color"] == obj["color"]:
+            continue
+        phrase = RELATION_PHRASES[rel["relation"]][0]
+        a, b = (_article(f"{color} {o['shape']}") for color, o in ((subject["color"], subject), (obj["color"], obj)))
+        x, y = (_article(f"{color} {o['shape']}") for color, o in ((obj["color"], subject), (subject["color"], obj)))
+        true, swapped = f"{a} {phrase} {b}", f"{x} {phrase} {y}"
+        prompts[i] = [true, swapped]
+    if not prompts:
+        return {}
+    table = _embed([p for ps in prompts.values() for p in ps], embed_texts)
+    right = sum(_pick(image_embeds[i], ps, table) == 0 for i, ps in prompts.items())
+    return {"binding_images": len(prompts), "binding_accuracy": right / len(prompts), "binding_chance": 0.5}
+
+
 def zero_shot_report(
     image_embeds: torch.Tensor, metas: Sequence[dict[str, Any]], embed_texts: EmbedTexts
 ) -> dict[str, Any]:
-    """All five zero-shot accuracies with their chance levels and image counts (``images`` is the number of
+    """All six zero-shot accuracies with their chance levels and image counts (``images`` is the number of
     single-object images, for colour, shape and position); attributes without images are left out."""
     with torch.no_grad():
         return {
@@ -195,4 +226,5 @@ def zero_shot_report(
             **count_accuracy(image_embeds, metas, embed_texts),
             **position_accuracy(image_embeds, metas, embed_texts),
             **relation_accuracy(image_embeds, metas, embed_texts),
+            **binding_accuracy(image_embeds, metas, embed_texts),
         }
