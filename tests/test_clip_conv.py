@@ -62,20 +62,23 @@ def test_conv_tower_shapes_at_32_and_64(tokenizer, image_size, updates, grid):
 
 
 def test_conv_tower_is_not_the_evaluator_network(tokenizer):
-    """FD and CLIP score stay independent of the generator's CLIP: none of the evaluator tower's building blocks
-    (VGG stages of BatchNorm + ReLU + max-pooling), residual blocks with GroupNorm and attention pooling instead."""
-    tower = conv_clip(tokenizer, 32, preset="cpu").vision
+    """FD and CLIP score stay independent of the generator's CLIP: not the evaluator tower's design (VGG stages of
+    conv + BatchNorm + ReLU + max-pooling, global average pooling) but residual blocks with SiLU and attention
+    pooling, with GroupNorm or (the cpu preset's, as CLIP's ResNets) BatchNorm."""
+    tower = conv_clip(tokenizer, 32, preset="cpu", conv_norm="group", conv_downsample="stride").vision
     kinds = {type(m) for m in tower.modules()}
     assert not isinstance(tower, ConvNet)
     assert not kinds & {torch.nn.BatchNorm2d, torch.nn.MaxPool2d, torch.nn.ReLU}
     assert torch.nn.GroupNorm in kinds and type(tower.pool).__name__ == "_AttentionPool"
     assert sum(type(m).__name__ == "_ResBlock" for m in tower.modules()) == 4
-    # with CLIP ResNet's BatchNorm and average-pool downsampling it is still no VGG: residual blocks, SiLU,
-    # attention pooling, no max-pooling or ReLU
-    tower = conv_clip(tokenizer, 32, preset="cpu", conv_norm="batch", conv_downsample="avgpool").vision
-    kinds = {type(m) for m in tower.modules()}
-    assert torch.nn.BatchNorm2d in kinds and torch.nn.AvgPool2d in kinds and torch.nn.GroupNorm not in kinds
-    assert not kinds & {torch.nn.MaxPool2d, torch.nn.ReLU} and type(tower.pool).__name__ == "_AttentionPool"
+    # the cpu preset's, with CLIP ResNet's BatchNorm (and average-pool downsampling, an option), is still no
+    # VGG: residual blocks, SiLU, attention pooling, no max-pooling or ReLU
+    for updates in ({}, {"conv_downsample": "avgpool"}):
+        tower = conv_clip(tokenizer, 32, preset="cpu", **updates).vision
+        kinds = {type(m) for m in tower.modules()}
+        assert torch.nn.BatchNorm2d in kinds and torch.nn.GroupNorm not in kinds
+        assert (torch.nn.AvgPool2d in kinds) == bool(updates)
+        assert not kinds & {torch.nn.MaxPool2d, torch.nn.ReLU} and type(tower.pool).__name__ == "_AttentionPool"
 
 
 def test_avgpool_downsampling_averages_before_a_stride_1_conv(tokenizer):
@@ -251,3 +254,24 @@ def test_bad_conv_options(tmp_path, tokenizer):
     )
     with pytest.raises(ClipError, match="invalid conv vision_config"):
         ClipModel.load(folder, tokenizer=tokenizer)
+
+
+def test_a_batchnorm_tower_loads_frozen_and_encodes_each_image_alone(tmp_path, tokenizer):
+    """The stages and pipelines encode z_i with a loaded CLIP: with BatchNorm it must use its running statistics
+    (eval mode), so an image's embedding does not depend on the batch it came in."""
+    from dalle2.stages.common import load_frozen_clip
+
+    model = conv_clip(tokenizer, 16, conv_norm="batch")
+    images = torch.rand(6, 3, 16, 16) * 2 - 1
+    model.train()
+    with torch.no_grad():
+        model.encode_image(images)  # moves the running statistics away from their start
+    model.save(tmp_path / "clip")
+    model.tokenizer.save(tmp_path / "tokenizer")
+    loaded = load_frozen_clip(tmp_path, "decoder", ClipError)
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+    with torch.no_grad():
+        together, alone = loaded.encode_image(images), loaded.encode_image(images[:1])
+    assert torch.allclose(together[:1], alone, atol=1e-5)
+    norms = [m for m in loaded.vision.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and not torch.equal(norms[0].running_mean, torch.zeros_like(norms[0].running_mean))

@@ -249,7 +249,7 @@ def test_cli_trains_a_conv_clip_on_the_larger_render(tmp_path, capsys):
     assert "image tower: conv" in printed and "32x32" in printed
     summary = next(line for line in printed.splitlines() if line.startswith("CLIP summary: "))
     assert "R@1 text->image" in summary and "image->text" in summary and "training minutes" in summary
-    assert all(word in summary for word in ("colour", "shape", "count", "position", "relation"))
+    assert all(word in summary for word in ("colour", "shape", "count", "position", "relation", "binding"))
 
     report = json.loads((out / "clip" / "report.json").read_text())
     assert report["train"]["step"] == 4
@@ -259,6 +259,7 @@ def test_cli_trains_a_conv_clip_on_the_larger_render(tmp_path, capsys):
     kinds = [ShapesDataset("test", 32, length=40).scene(i)[0].kind for i in range(40)]
     assert z["images"] == z["position_images"] == kinds.count("single")
     assert z["count_images"] == kinds.count("count") and z["relation_images"] == kinds.count("relation")
+    assert 0 < z["binding_images"] <= z["relation_images"] and z["binding_chance"] == 0.5
     assert {z["color_chance"], z["shape_chance"], z["count_chance"], z["position_chance"]} == {1 / 9, 1 / 6, 1 / 4}
     assert all(0 <= z[f"{a}_accuracy"] <= 1 for a in ATTRIBUTES) and 0.25 <= z["relation_chance"] <= 0.5
 

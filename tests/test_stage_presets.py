@@ -23,11 +23,13 @@ def _cases():
 
 
 #: preset changes made on purpose after the freeze, each with its evidence: (stage, preset) -> section keys
-CHANGED_SINCE = {("clip", "cpu"): {"vision_arch": "conv"}}  # docs/results.md, CLIP, 2026-12-03
+#: docs/results.md, CLIP, 2026-12-03 (the conv tower) and 2026-12-04 (its BatchNorm)
+CHANGED_SINCE = {("clip", "cpu"): {"vision_arch": "conv", "conv_norm": "batch"}}
 #: config keys added after the freeze, with the default every preset leaves them at: section -> keys
 ADDED_SINCE = {"data": {"train_length": None}}  # 2026-12-04, sizes the training split for long GPU runs
 #: stage-section keys added after the freeze, with the default every preset leaves them at: stage -> keys
-SECTION_ADDED_SINCE = {"clip": {"hard_negative_kinds": "shape"}}  # 2026-12-04, relation and binding twins
+#: 2026-12-04: relation and binding twins; the conv tower's norm and downsampling
+SECTION_ADDED_SINCE = {"clip": {"hard_negative_kinds": "shape", "conv_norm": "group", "conv_downsample": "stride"}}
 
 
 @pytest.mark.parametrize(("stage", "preset", "case"), list(_cases()))
@@ -41,8 +43,8 @@ def test_resolve_stage_matches_the_old_resolvers(stage, preset, case, tmp_path):
     options = {key: spec.get(key) for key in ("max_steps", "max_minutes", "data")}
     config, section, keys = resolve_stage(stage, preset, str(yaml_file) if spec.get("config") else None, sets, options)
     expected = FROZEN["resolved"][stage][preset][case]
-    expected["section"].update(CHANGED_SINCE.get((stage, preset), {}))
     expected["section"].update(SECTION_ADDED_SINCE.get(stage, {}))
+    expected["section"].update(CHANGED_SINCE.get((stage, preset), {}))
     for section_name, added in ADDED_SINCE.items():
         expected["config"][section_name].update(added)
     got = json.loads(json.dumps({"config": config.to_dict(), "section": section, "stage": keys}))

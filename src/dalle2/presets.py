@@ -103,8 +103,10 @@ STAGE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "train": {"batch_size": 64, "max_steps": 1500, "checkpoint_every": 250, "learning_rate": 1e-3},
             # the convolutional image tower: at equal minutes (7.1 vs 6.8) R@1 0.81 / 0.85 against the ViT's 0.70 /
             # 0.71, zero-shot shape 0.51 against 0.26, count 0.99, position 0.88 (docs/results.md, CLIP,
-            # 2026-12-03); vision_arch=vit restores the ViT (patch 8: 16 tokens at 32x32, 4x faster than patch 4)
-            "model": {"patch_size": 8, "vision_arch": "conv"},
+            # 2026-12-03); vision_arch=vit restores the ViT (patch 8: 16 tokens at 32x32, 4x faster than patch 4).
+            # BatchNorm (CLIP's ResNet's norm): zero-shot shape 0.86 against 0.51, position kept; average-pool
+            # downsampling also lifts shape but costs position (docs/results.md, CLIP, 2026-12-04)
+            "model": {"patch_size": 8, "vision_arch": "conv", "conv_norm": "batch"},
             "stage": {},
         },
         "gpu": {
