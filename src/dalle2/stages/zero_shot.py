@@ -193,7 +193,7 @@ def binding_accuracy(
 ) -> dict[str, Any]:
     """Colour-binding accuracy over the ``relation`` scenes of two different colours among ``metas`` (see the
     module docstring); ``{}`` if none."""
-    from dalle2.data.shapes import RELATION_PHRASES
+    from dalle2.data.shapes import RELATIONS, exchange_colours
 
     prompts = {}
     for i, meta in enumerate(metas):
@@ -201,12 +201,10 @@ def binding_accuracy(
         if not rel:
             continue
         subject, obj = meta["objects"][rel["subject"]], meta["objects"][rel["object"]]
-        if subject["color"] == obj["color"]:
+        true = relation_prompts(subject, obj)[RELATIONS.index(rel["relation"])]
+        swapped = exchange_colours(true)  # None when both objects have one colour
+        if swapped is None:
             continue
-        phrase = RELATION_PHRASES[rel["relation"]][0]
-        a, b = (_article(f"{color} {o['shape']}") for color, o in ((subject["color"], subject), (obj["color"], obj)))
-        x, y = (_article(f"{color} {o['shape']}") for color, o in ((obj["color"], subject), (subject["color"], obj)))
-        true, swapped = f"{a} {phrase} {b}", f"{x} {phrase} {y}"
         prompts[i] = [true, swapped]
     if not prompts:
         return {}
