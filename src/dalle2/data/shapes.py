@@ -191,19 +191,18 @@ INVERSE_RELATION: dict[str, str] = {
 #: colours exchanged: the words stay, what they attach to changes).
 NEGATIVE_KINDS: tuple[str, ...] = ("shape", "relation", "binding")
 
-_RELATION_WORD = re.compile(
-    r"\b(" + "|".join(sorted({p for ps in RELATION_PHRASES.values() for p in ps}, key=len, reverse=True)) + r")\b"
-)
+#: each relation phrase -> (its relation, its index among that relation's phrasings)
+_PHRASE_OF = {p: (rel, i) for rel, ps in RELATION_PHRASES.items() for i, p in enumerate(ps)}
+_RELATION_WORD = re.compile(r"\b(" + "|".join(sorted(_PHRASE_OF, key=len, reverse=True)) + r")\b")
 
 
 def invert_relation(caption: str) -> str | None:
     """``caption`` with its relation phrase replaced by the inverse relation's ("to the left of" -> "to the
     right of", "beneath" -> "above"): false of the scene under the GenEval rule, since no pair of boxes is
     both left and right of each other. None when the caption names no relation."""
-    phrase_of = {p: (rel, i) for rel, ps in RELATION_PHRASES.items() for i, p in enumerate(ps)}
 
     def replace(match: re.Match) -> str:
-        rel, i = phrase_of[match.group(0)]
+        rel, i = _PHRASE_OF[match.group(0)]
         inverse = RELATION_PHRASES[INVERSE_RELATION[rel]]
         return inverse[i] if i < len(inverse) else inverse[0]
 
