@@ -244,6 +244,38 @@ def test_kind_and_background_mix():
             assert len({(o.shape, o.color, o.size) for o in s.objects}) == 1
 
 
+def test_kind_mix_from_the_dataset_spec():
+    mixed = open_dataset("shapes:relation=0.6,single=0.2,count=0.2")
+    kinds = Counter(mixed.scene(i)[0].kind for i in range(2000))
+    assert 0.54 < kinds["relation"] / 2000 < 0.66 and 0.15 < kinds["single"] / 2000 < 0.25
+    # a kind left out keeps its default weight; weights are relative
+    expected = {"single": 0.4 / 1.3, "relation": 0.6 / 1.3, "count": 0.3 / 1.3}
+    assert S.parse_kind_mix("relation=0.6") == pytest.approx(expected)
+    assert S.parse_kind_mix("single=0, relation=1, count=0") == {"single": 0.0, "relation": 1.0, "count": 0.0}
+    only = open_dataset("shapes:single=0,count=0", split="heldout")
+    assert {only.scene(i)[0].kind for i in range(50)} == {"relation"}
+    # the default mix named explicitly draws exactly the scenes of no mix (same rng draws)
+    default = [ShapesDataset().scene(i) for i in range(20)]
+    assert [ShapesDataset(kinds="single=0.4").scene(i) for i in range(20)] == default
+    assert "kinds=" in repr(mixed) and "kinds=" not in repr(open_dataset("shapes"))
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("shapes:square=1", "bad shapes kind mix 'square=1'"),
+        ("shapes:relation", "bad shapes kind mix 'relation'"),
+        ("shapes:relation=many", "bad weight 'many' for relation"),
+        ("shapes:relation=-1", "must be >= 0"),
+        ("shapes:relation=nan", "must be >= 0"),
+        ("shapes:single=0,relation=0,count=0", "every kind weight 0"),
+    ],
+)
+def test_bad_kind_mix(spec, message):
+    with pytest.raises(DatasetError, match=re.escape(message)):
+        open_dataset(spec)
+
+
 # ----------------------------------------------------------------------------------------------
 # Held-out split
 # ----------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 Dataset specs, as written on the command line:
   ``shapes``                    procedurally rendered captioned scenes (built in, with ground truth)
+  ``shapes:KIND=W,...``         the same with another mix of scene kinds (single, relation, count)
   ``fashion-mnist[:DIR]``       Fashion-MNIST IDX files (default /usr/share/datasets/fashion-mnist)
   ``mnist[:DIR]``               MNIST IDX files
   ``folder:PATH``               images + ``metadata.jsonl`` (file_name, text) or sidecar ``.txt`` captions
@@ -37,7 +38,7 @@ def open_dataset(
     if name == "shapes":
         from dalle2.data.shapes import ShapesDataset
 
-        return ShapesDataset(split=split, resolution=resolution, seed=seed, length=length)
+        return ShapesDataset(split=split, resolution=resolution, seed=seed, length=length, kinds=arg or None)
     if name in ("fashion-mnist", "mnist"):
         from dalle2.data.idx import IdxDataset
 

@@ -59,6 +59,7 @@ __all__ = [
     "HELDOUT_PAIRS",
     "KINDS",
     "KIND_PROBS",
+    "parse_kind_mix",
     "MAX_COUNT",
     "MAX_JITTER",
     "NUMBER_WORDS",
@@ -240,6 +241,35 @@ def hard_negatives(caption: str, kinds: Sequence[str] = ("shape",)) -> list[str]
 KINDS: tuple[str, ...] = ("single", "relation", "count")
 #: Kind mix of the training distribution.
 KIND_PROBS: dict[str, float] = {"single": 0.4, "relation": 0.3, "count": 0.3}
+
+
+def parse_kind_mix(text: str) -> dict[str, float]:
+    """A kind mix from the ``shapes`` dataset spec's argument, e.g. ``"relation=0.6,single=0.2,count=0.2"``
+    (``--data shapes:relation=0.6,...``): relative weights, normalised; a kind not named keeps its
+    :data:`KIND_PROBS` weight. Two-object (relation) scenes are the only ones with two colours, so a
+    decoder learns colour binding from them (docs/results.md, "Two colours in one image")."""
+    weights = dict(KIND_PROBS)
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        kind, eq, value = item.partition("=")
+        kind = kind.strip()
+        if kind not in KINDS or not eq:
+            raise DatasetError(
+                f"bad shapes kind mix {item!r}: write KIND=WEIGHT with KIND one of {', '.join(KINDS)} "
+                "(e.g. shapes:relation=0.6,single=0.2,count=0.2)"
+            )
+        try:
+            weight = float(value)
+        except ValueError:
+            raise DatasetError(f"bad weight {value.strip()!r} for {kind} in the shapes kind mix") from None
+        if not (math.isfinite(weight) and weight >= 0):
+            raise DatasetError(f"the weight of {kind} in the shapes kind mix must be >= 0, got {value.strip()}")
+        weights[kind] = weight
+    total = sum(weights.values())
+    if total <= 0:
+        raise DatasetError("the shapes kind mix gives every kind weight 0")
+    return {k: weights[k] / total for k in KINDS}
+
+
 MAX_COUNT = 4
 NUMBER_WORDS: dict[int, str] = {1: "one", 2: "two", 3: "three", 4: "four"}
 
@@ -714,8 +744,10 @@ def sample_scene(
     rng: np.random.Generator | int | None,
     split: str = "train",
     kind: str | None = None,
+    kind_probs: dict[str, float] | None = None,
 ) -> Scene:
-    """Draw a scene of the split's distribution (kinds by ``KIND_PROBS`` unless ``kind`` is given).
+    """Draw a scene of the split's distribution (kinds by ``kind_probs``, default :data:`KIND_PROBS`,
+    unless ``kind`` is given).
 
     ``train``/``test``: no object has a held-out (colour, shape) pair. ``heldout``: at least one
     object (the only one, the subject or the object of a relation, or all of a count) has one.
@@ -723,7 +755,8 @@ def sample_scene(
     _check_split(split)
     rng = _as_rng(rng)
     if kind is None:
-        kind = _weighted(rng, KINDS, [KIND_PROBS[k] for k in KINDS])
+        probs = KIND_PROBS if kind_probs is None else kind_probs
+        kind = _weighted(rng, KINDS, [probs[k] for k in KINDS])
     elif kind not in KINDS:
         raise DatasetError(f"unknown scene kind {kind!r}; choose one of: {', '.join(KINDS)}")
     if split != "heldout":
@@ -891,13 +924,22 @@ class ShapesDataset(Dataset):
     ``split``: ``train``, ``test`` (same distribution, different samples) or ``heldout`` (every
     image has a held-out colour/shape pair). ``length`` defaults to 50 000 (train) or 5 000.
     Items are ``{"image": (3, R, R) float32 in [-1, 1], "caption": str, "meta": dict}`` where
-    ``meta`` is :func:`scene_meta` plus the ``caption``.
+    ``meta`` is :func:`scene_meta` plus the ``caption``. ``kinds``: the kind mix (:func:`parse_kind_mix`;
+    default :data:`KIND_PROBS`).
     """
 
     name = "shapes"
 
-    def __init__(self, split: str = "train", resolution: int = 32, seed: int = 0, length: int | None = None):
+    def __init__(
+        self,
+        split: str = "train",
+        resolution: int = 32,
+        seed: int = 0,
+        length: int | None = None,
+        kinds: str | dict[str, float] | None = None,
+    ):
         _check_split(split)
+        self.kind_probs = parse_kind_mix(kinds) if isinstance(kinds, str) else (dict(kinds) if kinds else None)
         if resolution < 1:
             raise DatasetError(f"resolution must be positive, got {resolution}")
         if length is not None and length < 0:
@@ -919,7 +961,7 @@ class ShapesDataset(Dataset):
         """The scene and caption of sample ``index`` (no rendering)."""
         index = sample_index(index, self.length, f"{self.length} samples")
         rng = np.random.default_rng([self.seed, SPLITS[self.split], index])
-        scene = sample_scene(rng, self.split)
+        scene = sample_scene(rng, self.split, kind_probs=self.kind_probs)
         return scene, caption_scene(scene, rng)
 
     def __getitem__(self, index: int) -> Sample:
@@ -929,6 +971,8 @@ class ShapesDataset(Dataset):
         return {"image": pil_to_tensor(render(scene, self.resolution)), "caption": caption, "meta": meta}
 
     def __repr__(self) -> str:
+        mix = "" if self.kind_probs is None else f", kinds={self.kind_probs!r}"
         return (
-            f"ShapesDataset(split={self.split!r}, resolution={self.resolution}, seed={self.seed}, length={self.length})"
+            f"ShapesDataset(split={self.split!r}, resolution={self.resolution}, seed={self.seed}, "
+            f"length={self.length}{mix})"
         )
