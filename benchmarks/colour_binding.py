@@ -51,6 +51,7 @@ def generation(pipe, scorer, guidance: float | None, sampler: str | None, steps:
         for name, z in (("prior", z_prior), ("oracle", z_real)):
             start = time.monotonic()
             g = torch.Generator().manual_seed(1)
+            # the pipeline's own decode and upsample steps, fed a chosen z_i (no public call takes an oracle z_i)
             x = pipe._decode(z, g, caption, guidance=guidance, sampler=sampler, steps=steps)
             images = pipe.to_pil(pipe._upsample(x, g))
             analyses = scorer.analyze_many(images)

@@ -936,10 +936,10 @@ class ShapesDataset(Dataset):
         resolution: int = 32,
         seed: int = 0,
         length: int | None = None,
-        kinds: str | dict[str, float] | None = None,
+        kinds: str | None = None,
     ):
         _check_split(split)
-        self.kind_probs = parse_kind_mix(kinds) if isinstance(kinds, str) else (dict(kinds) if kinds else None)
+        self.kind_probs = parse_kind_mix(kinds) if kinds else None
         if resolution < 1:
             raise DatasetError(f"resolution must be positive, got {resolution}")
         if length is not None and length < 0:
