@@ -104,8 +104,8 @@ STAGE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             # the convolutional image tower: at equal minutes (7.1 vs 6.8) R@1 0.81 / 0.85 against the ViT's 0.70 /
             # 0.71, zero-shot shape 0.51 against 0.26, count 0.99, position 0.88 (docs/results.md, CLIP,
             # 2026-12-03); vision_arch=vit restores the ViT (patch 8: 16 tokens at 32x32, 4x faster than patch 4).
-            # BatchNorm (CLIP's ResNet's norm): zero-shot shape 0.60 to 0.86 over seeds and lengths against 0.51;
-            # position 0.72 to 0.94 against 0.90 (docs/results.md, CLIP, 2026-12-04)
+            # BatchNorm (CLIP's ResNet's norm): over three seeds zero-shot shape 0.66 against GroupNorm's 0.49, at a
+            # cost in position, 0.83 against 0.92 (docs/results.md, CLIP, 2026-12-04, "over three seeds")
             "model": {"patch_size": 8, "vision_arch": "conv", "conv_norm": "batch"},
             "stage": {},
         },

@@ -59,7 +59,6 @@ __all__ = [
     "HELDOUT_PAIRS",
     "KINDS",
     "KIND_PROBS",
-    "parse_kind_mix",
     "MAX_COUNT",
     "MAX_JITTER",
     "NUMBER_WORDS",
@@ -78,6 +77,7 @@ __all__ = [
     "check_scene",
     "geneval_relations",
     "object_bbox",
+    "parse_kind_mix",
     "relation_holds",
     "render",
     "sample_scene",
@@ -241,35 +241,6 @@ def hard_negatives(caption: str, kinds: Sequence[str] = ("shape",)) -> list[str]
 KINDS: tuple[str, ...] = ("single", "relation", "count")
 #: Kind mix of the training distribution.
 KIND_PROBS: dict[str, float] = {"single": 0.4, "relation": 0.3, "count": 0.3}
-
-
-def parse_kind_mix(text: str) -> dict[str, float]:
-    """A kind mix from the ``shapes`` dataset spec's argument, e.g. ``"relation=0.6,single=0.2,count=0.2"``
-    (``--data shapes:relation=0.6,...``): relative weights, normalised; a kind not named keeps its
-    :data:`KIND_PROBS` weight. Two-object (relation) scenes are the only ones with two colours, so a
-    decoder learns colour binding from them (docs/results.md, "Two colours in one image")."""
-    weights = dict(KIND_PROBS)
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        kind, eq, value = item.partition("=")
-        kind = kind.strip()
-        if kind not in KINDS or not eq:
-            raise DatasetError(
-                f"bad shapes kind mix {item!r}: write KIND=WEIGHT with KIND one of {', '.join(KINDS)} "
-                "(e.g. shapes:relation=0.6,single=0.2,count=0.2)"
-            )
-        try:
-            weight = float(value)
-        except ValueError:
-            raise DatasetError(f"bad weight {value.strip()!r} for {kind} in the shapes kind mix") from None
-        if not (math.isfinite(weight) and weight >= 0):
-            raise DatasetError(f"the weight of {kind} in the shapes kind mix must be >= 0, got {value.strip()}")
-        weights[kind] = weight
-    total = sum(weights.values())
-    if total <= 0:
-        raise DatasetError("the shapes kind mix gives every kind weight 0")
-    return {k: weights[k] / total for k in KINDS}
-
-
 MAX_COUNT = 4
 NUMBER_WORDS: dict[int, str] = {1: "one", 2: "two", 3: "three", 4: "four"}
 
@@ -738,6 +709,33 @@ def scene_from_spec(
     if problems:  # pragma: no cover - the construction above guarantees validity
         raise AssertionError(f"invalid scene {scene}: {'; '.join(problems)}")
     return scene
+
+
+def parse_kind_mix(text: str) -> dict[str, float]:
+    """A kind mix from the ``shapes`` dataset spec's argument, e.g. ``"relation=0.6,single=0.2,count=0.2"``
+    (``--data shapes:relation=0.6,...``): relative weights, normalised; a kind not named keeps its
+    :data:`KIND_PROBS` weight. Two-object (relation) scenes are the only ones with two colours, so a
+    decoder learns colour binding from them (docs/results.md, "Two colours in one image")."""
+    weights = dict(KIND_PROBS)
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        kind, eq, value = item.partition("=")
+        kind = kind.strip()
+        if kind not in KINDS or not eq:
+            raise DatasetError(
+                f"bad shapes kind mix {item!r}: write KIND=WEIGHT with KIND one of {', '.join(KINDS)} "
+                "(e.g. shapes:relation=0.6,single=0.2,count=0.2)"
+            )
+        try:
+            weight = float(value)
+        except ValueError:
+            raise DatasetError(f"bad weight {value.strip()!r} for {kind} in the shapes kind mix") from None
+        if not (math.isfinite(weight) and weight >= 0):
+            raise DatasetError(f"the weight of {kind} in the shapes kind mix must be >= 0, got {value.strip()}")
+        weights[kind] = weight
+    total = sum(weights.values())
+    if total <= 0:
+        raise DatasetError("the shapes kind mix gives every kind weight 0")
+    return {k: weights[k] / total for k in KINDS}
 
 
 def sample_scene(
