@@ -147,3 +147,73 @@ def test_a_folder_from_before_runs_were_recorded_counts_as_one_run(exported, tmp
     out = _fresh(tmp_path)
     report = train_decoder(out=str(out), init_from=str(old), max_steps=1, **TINY)
     assert report["lineage"]["runs"][0] == {"steps": 4, "training_minutes": report["init_from"]["training_minutes"]}
+
+
+# -- --init-grow: a larger network from the saved one's weights ------------------------------------------
+
+UNET = ["decoder.arch=unet", 'decoder.net={"channels": [8, 16], "attention": [false, true], "head_dim": 8}']
+GROWN = ["decoder.arch=unet", 'decoder.net={"channels": [8, 16], "attention": [true, true], "head_dim": 8}']
+
+
+@pytest.fixture(scope="module")
+def small_unet(tmp_path_factory) -> Path:
+    """A tiny pipeline whose decoder is a UNet with attention at its lower level only, trained 2 steps."""
+    out = tmp_path_factory.mktemp("grow") / "unet"
+    shutil.copytree(FIXTURE, out)
+    train_decoder(out=str(out), overrides=[*UNET, "train.seed=1"], max_steps=2, **TINY)
+    return out
+
+
+def test_grown_network_starts_as_the_saved_one(small_unet, tmp_path):
+    saved = ImageDiffusion.from_pretrained(small_unet / "decoder")
+    config = saved.config.to_dict()
+    config["net"]["attention"] = [True, True]
+    torch.manual_seed(3)
+    grown = ImageDiffusion(type(saved.config).from_dict(config))
+    record = warm_start("decoder", grown, small_unet, tmp_path, False, lambda _: None, grow=True)
+    assert record["grown"]["net"] == ["net.attention ([False, True] there, [True, True] here)"]
+    new = [k for k in grown.state_dict() if k not in saved.state_dict()]
+    assert new and all(".attns." in k for k in new)  # only the added attention blocks
+    assert record["grown"]["new_tensors"] == len(new)
+    assert record["grown"]["new_parameters"] == sum(grown.state_dict()[k].numel() for k in new)
+    for key, value in saved.state_dict().items():
+        torch.testing.assert_close(grown.state_dict()[key], value.float())
+    # the new attention blocks' output projections start at zero: the grown decoder computes what the saved one did
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 3, 16, 16, generator=g), torch.tensor([100, 700])
+    cond = {"image_embed": torch.randn(2, 16, generator=g), "text_tokens": torch.randn(2, 5, 16, generator=g)}
+    with torch.no_grad():
+        torch.testing.assert_close(grown(x, t, **cond), saved.float()(x, t, **cond), atol=1e-5, rtol=1e-4)
+
+
+def test_grow_end_to_end_trains_and_records(small_unet, tmp_path):
+    out = _fresh(tmp_path)
+    grow = {"init_from": str(small_unet), "init_grow": True, "overrides": GROWN}
+    report = train_decoder(out=str(out), max_steps=2, **grow, **TINY)
+    assert report["train"]["step"] == 2 and report["lineage"]["steps"] == 4
+    assert report["init_from"]["grown"]["new_tensors"] > 0
+    assert ImageDiffusion.from_pretrained(out / "decoder").config.to_dict()["net"]["attention"] == [True, True]
+    record = json.loads((out / "training" / "decoder" / "init_from.json").read_text())
+    assert record["grown"] == report["init_from"]["grown"]
+
+
+def test_grow_refuses_a_network_the_saved_weights_do_not_fit(small_unet, tmp_path):
+    out = _fresh(tmp_path)
+    wider = ["decoder.arch=unet", 'decoder.net={"channels": [16, 16], "attention": [false, true], "head_dim": 8}']
+    with pytest.raises(ImageStageError, match="no place of the same shape"):
+        train_decoder(out=str(out), init_from=str(small_unet), init_grow=True, overrides=wider, **TINY)
+    with pytest.raises(ImageStageError, match="--init-grow loads it into a larger network"):
+        train_decoder(out=str(out), init_from=str(small_unet), overrides=GROWN, **TINY)  # without --init-grow
+    with pytest.raises(ImageStageError, match=r"another network.*arch"):  # another arch is never grown into
+        train_decoder(out=str(out), init_from=str(small_unet), init_grow=True, **TINY)
+    assert not (out / "decoder").exists()  # nothing written
+
+
+def test_init_grow_needs_init_from(tmp_path):
+    out = _fresh(tmp_path)
+    with pytest.raises(ImageStageError, match="--init-grow needs --init-from"):
+        train_decoder(out=str(out), init_grow=True, **TINY)
+    from dalle2.cli import build_parser
+
+    args = build_parser().parse_args(["train", "decoder", "--out", str(tmp_path), "--init-from", "X", "--init-grow"])
+    assert args.init_grow is True

@@ -39,6 +39,12 @@ def register(train_subparsers: Any) -> None:
             help=f"start from the {stage} weights of pipeline folder DIR (e.g. an exported one) with a new "
             "optimizer and schedule; recorded in the report and provenance",
         )
+        p.add_argument(
+            "--init-grow",
+            action="store_true",
+            help="with --init-from: the network may be larger than the saved one (e.g. attention at another "
+            "level set with --set); every saved weight is loaded, the new blocks keep their initialisation",
+        )
         p.set_defaults(func=run, stage=stage)
 
 

@@ -168,7 +168,9 @@ def train_decoder(args: argparse.Namespace | dict[str, Any] | None = None, **kwa
         sizes["net"].update(caption_vocab=clip.tokenizer.vocab_size, caption_length=clip.tokenizer.max_length)
     torch.manual_seed(config.train.seed)
     decoder = _build("decoder", model_spec, sizes)
-    init_from = warm_start("decoder", decoder, opts.get("init_from"), out, bool(opts.get("resume")), log)
+    init_from = warm_start(
+        "decoder", decoder, opts.get("init_from"), out, bool(opts.get("resume")), log, bool(opts.get("init_grow"))
+    )
     log(config.to_yaml() + yaml.safe_dump({"decoder": {**decoder.config.to_dict(), **keys}}, sort_keys=False).rstrip())
     n_params = sum(p.numel() for p in decoder.parameters())
     log(f"decoder: {decoder.config.arch}, {n_params / 1e6:.2f}M parameters, {resolution}x{resolution}")
@@ -270,7 +272,9 @@ def train_upsampler(args: argparse.Namespace | dict[str, Any] | None = None, **k
     sizes = {"net": {"image_size": high, "low_res_channels": 3, "noise_level_embedding": True}, "low_res_size": low}
     torch.manual_seed(config.train.seed)
     upsampler = _build("upsampler", model_spec, sizes)
-    init_from = warm_start("upsampler", upsampler, opts.get("init_from"), out, bool(opts.get("resume")), log)
+    init_from = warm_start(
+        "upsampler", upsampler, opts.get("init_from"), out, bool(opts.get("resume")), log, bool(opts.get("init_grow"))
+    )
     resolved = yaml.safe_dump({"upsampler": {**upsampler.config.to_dict(), **keys}}, sort_keys=False)
     log(config.to_yaml() + resolved.rstrip())
     n_params = sum(p.numel() for p in upsampler.parameters())
@@ -303,21 +307,30 @@ def train_upsampler(args: argparse.Namespace | dict[str, Any] | None = None, **k
 # -- warm start --------------------------------------------------------------------------------------
 
 
-def warm_start(stage: str, model: Any, source: str | Path | None, out: Path, resume: bool, log: Any) -> dict | None:
+def warm_start(
+    stage: str, model: Any, source: str | Path | None, out: Path, resume: bool, log: Any, grow: bool = False
+) -> dict | None:
     """Load ``model``'s weights from the ``stage`` of pipeline folder ``source`` (``--init-from``).
 
     Weights only: the run gets a new optimizer and learning-rate schedule, and counts its own steps from 0.
     The network must be the one saved there (same arch and ``net`` keys); training-only keys (loss
-    weighting, drop rates) may differ. What the run started from is recorded in
-    ``OUT/training/<stage>/init_from.json`` (so a ``--resume`` of it still says so) and returned for the
-    report: the source folder's name (never a machine path), the weights' SHA-256, and the steps and
-    training minutes that led to them. Returns None for a run that starts from random weights. A checkpoint
-    in ``OUT/training/<stage>`` wins under ``--resume`` (it holds newer weights than the source).
+    weighting, drop rates) may differ. With ``grow`` (``--init-grow``) the ``net`` keys may differ where the
+    network only gains weights: every saved tensor must find a place of the same name and shape here; the
+    new ones keep their initialisation (the UNet's attention blocks start as the identity, so a decoder
+    given attention at another level starts as the saved one) and are counted in the record (``grown``).
+
+    What the run started from is recorded in ``OUT/training/<stage>/init_from.json`` (so a ``--resume`` of
+    it still says so) and returned for the report: the source folder's name (never a machine path), the
+    weights' SHA-256, and the steps and training minutes that led to them. Returns None for a run that starts
+    from random weights. A checkpoint in ``OUT/training/<stage>`` wins under ``--resume`` (it holds newer
+    weights than the source).
     """
     import hashlib
 
     from dalle2.models.decoder import ImageDiffusion
 
+    if grow and source is None:
+        raise ImageStageError("--init-grow needs --init-from DIR (the folder whose weights the network grows from)")
     run_dir = out / "training" / stage
     record_path = run_dir / "init_from.json"
     has_checkpoint = any((run_dir / "checkpoints").glob("step_*"))
@@ -343,12 +356,21 @@ def warm_start(stage: str, model: Any, source: str | Path | None, out: Path, res
     for key in sorted(set(mine["net"]) | set(theirs["net"])):
         if mine["net"].get(key) != theirs["net"].get(key):
             differ.append(f"net.{key} ({theirs['net'].get(key)!r} there, {mine['net'].get(key)!r} here)")
-    if differ:
+    grown = None
+    if differ and not (grow and mine["arch"] == theirs["arch"]):
         raise ImageStageError(
             f"--init-from {component}: another network than this run's: {'; '.join(differ)}; "
-            f"set the same {stage}.net keys (or drop --init-from)"
+            f"set the same {stage}.net keys (or drop --init-from"
+            + (")" if mine["arch"] != theirs["arch"] else "; --init-grow loads it into a larger network)")
         )
-    model.load_state_dict(saved.state_dict())  # copies into the model's own dtype (float16 exports -> float32)
+    if differ:
+        grown = _grow_into(model, saved, component, differ)
+        log(
+            f"{stage}: the network grew: {grown['new_tensors']} new tensors "
+            f"({grown['new_parameters']} parameters) keep their initialisation"
+        )
+    else:
+        model.load_state_dict(saved.state_dict())  # copies into the model's own dtype (float16 exports -> float32)
     steps, minutes, runs = 0, 0.0, []
     report_path = component / "report.json"
     if report_path.is_file():
@@ -370,12 +392,35 @@ def warm_start(stage: str, model: Any, source: str | Path | None, out: Path, res
         "training_minutes": round(minutes, 1),
         "runs": runs,
     }
+    if grown is not None:
+        record["grown"] = grown
     write_json_atomic(record_path, record)
     log(
         f"{stage}: warm start from {record['source']} ({steps} steps, {record['training_minutes']} min of "
         "training before this run); new optimizer and schedule"
     )
     return record
+
+
+def _grow_into(model: Any, saved: Any, component: Path, differ: list[str]) -> dict[str, Any]:
+    """Load every tensor of ``saved`` into the larger ``model`` (same names and shapes), leaving the new ones
+    as initialised; raise ImageStageError if a saved tensor has no such place. Returns the record's
+    ``grown`` entry: the differing ``net`` keys and how many tensors and parameters are new."""
+    theirs, mine = saved.state_dict(), model.state_dict()
+    misfit = [k for k, v in theirs.items() if k not in mine or mine[k].shape != v.shape]
+    if misfit:
+        raise ImageStageError(
+            f"--init-from {component} --init-grow: {len(misfit)} saved tensors have no place of the same shape "
+            f"in this network (first: {misfit[0]}); growing keeps every saved weight, so only added blocks "
+            "(e.g. attention at another level) can differ"
+        )
+    model.load_state_dict(theirs, strict=False)  # copies into the model's own dtype (float16 exports -> float32)
+    new = [k for k in mine if k not in theirs]
+    return {
+        "net": differ,
+        "new_tensors": len(new),
+        "new_parameters": sum(mine[k].numel() for k in new),
+    }
 
 
 def _minutes(train: dict[str, Any]) -> float:
