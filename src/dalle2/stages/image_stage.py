@@ -416,10 +416,11 @@ def _grow_into(model: Any, saved: Any, component: Path, differ: list[str]) -> di
         )
     model.load_state_dict(theirs, strict=False)  # copies into the model's own dtype (float16 exports -> float32)
     new = [k for k in mine if k not in theirs]
+    params = dict(model.named_parameters())  # the state's buffers (e.g. norm statistics) are not parameters
     return {
         "net": differ,
         "new_tensors": len(new),
-        "new_parameters": sum(mine[k].numel() for k in new),
+        "new_parameters": sum(params[k].numel() for k in new if k in params),
     }
 
 
