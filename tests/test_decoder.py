@@ -366,6 +366,16 @@ def test_foreground_from_prediction_weights_what_the_model_draws_not_the_target(
         DiffusionConfig(net=_net("transformer"), foreground_source="x0")
 
 
+def test_snr_floor_reaches_the_objective_and_is_checked():
+    model = _decoder(min_snr_gamma=5.0, snr_floor=1.0)
+    t = torch.tensor([900])
+    ab = model.alphas_cumprod[t]
+    assert torch.allclose(model.objective.weight(t), 1.0 / (ab / (1 - ab) + 1))  # v target, x0 weight 1
+    assert DiffusionConfig.from_dict(model.config.to_dict()).snr_floor == 1.0
+    with pytest.raises(ValueError, match="snr_floor"):
+        DiffusionConfig(net=_net("transformer"), min_snr_gamma=5.0, snr_floor=6.0)
+
+
 def test_real_loss_backpropagates():
     model = _decoder("unet").train()
     cond = _cond(3)

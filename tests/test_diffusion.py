@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from dalle2 import diffusion as D
+from dalle2.errors import InvalidConfigError
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -100,6 +101,35 @@ def test_min_snr_weight_is_the_same_in_x0_terms(pred):
     snr = ab / (1 - ab)
     expected = snr.clamp(max=gamma) * (x0_hat - x0).pow(2).mean(1)
     assert torch.allclose(objective.loss(out, x0, noise, t), expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("pred", D.PREDICTIONS)
+@pytest.mark.parametrize("gamma", [5.0, None])
+def test_snr_floor_clamps_the_x0_weight_from_below(pred, gamma):
+    """snr_floor 1 (truncated SNR, Salimans & Ho 2022) gives every parameterization the x0-space weight
+    clamp(SNR, 1, gamma): 1 on the high-noise steps, where Min-SNR alone gives ~SNR."""
+    objective = D.Objective(pred, T, min_snr_gamma=gamma, snr_floor=1.0)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
+    t = torch.tensor([10, 200, 500, 900])
+    x_t, a, s = objective.noised(x0, t, noise)
+    out = D.target(x0, noise, a, s, pred) + 0.1 * torch.randn(4, 6, generator=g)
+    x0_hat, _ = D.to_x0_eps(out, x_t, a, s, pred)
+    ab = D.cosine_alphas_cumprod(T)[t]
+    snr = ab / (1 - ab)
+    expected = snr.clamp(min=1.0, max=gamma) * (x0_hat - x0).pow(2).mean(1)
+    assert torch.allclose(objective.loss(out, x0, noise, t), expected, rtol=1e-4, atol=1e-6)
+    assert snr[-1] < 0.1  # t = 900 is a high-noise step: the floor raised its weight more than tenfold
+    if gamma is not None:  # against Min-SNR alone: the same weight where SNR >= 1, over ten times more at t = 900
+        floorless = D.Objective(pred, T, min_snr_gamma=gamma)
+        ratio = objective.loss(out, x0, noise, t) / floorless.loss(out, x0, noise, t)
+        assert ratio[-1] > 10 and torch.allclose(ratio[:2], torch.ones(2))
+
+
+@pytest.mark.parametrize("floor, gamma", [(-0.5, 5.0), (6.0, 5.0)])
+def test_snr_floor_outside_0_to_gamma_is_refused(floor, gamma):
+    with pytest.raises(InvalidConfigError, match="snr_floor"):
+        D.Objective("v", T, min_snr_gamma=gamma, snr_floor=floor)
 
 
 def test_objective_draws_from_the_generator_or_the_global_rng():

@@ -144,15 +144,27 @@ class Objective(nn.Module):
     parameterization's target (Ho et al. 2020, eq. 14 for eps), optionally times the Min-SNR-gamma weight
     (Hang et al. 2023), written for each target so that every prediction gets the same weight in x0 terms:
     min(SNR, gamma) / SNR for eps, min(SNR, gamma) / (SNR + 1) for v, min(SNR, gamma) for x0.
+    ``snr_floor`` raises the x0-space weight to at least that value, so the SNR is clamped to
+    [snr_floor, gamma]: floor 1 is Salimans & Ho's "truncated SNR" weighting (2022, sec. 4), which keeps
+    weight 1 on the high-noise steps where Min-SNR alone gives them only ~SNR.
     Randomness comes from ``generator`` or, without one, the global torch RNG (the trainer saves it).
     """
 
-    def __init__(self, prediction: str = "eps", num_train_timesteps: int = 1000, min_snr_gamma: float | None = None):
+    def __init__(
+        self,
+        prediction: str = "eps",
+        num_train_timesteps: int = 1000,
+        min_snr_gamma: float | None = None,
+        snr_floor: float = 0.0,
+    ):
         super().__init__()
         _check_prediction(prediction)
+        if snr_floor < 0 or (min_snr_gamma is not None and snr_floor > min_snr_gamma):
+            raise InvalidConfigError(f"snr_floor must be in [0, min_snr_gamma], got {snr_floor}")
         self.prediction = prediction
         self.num_train_timesteps = num_train_timesteps
         self.min_snr_gamma = min_snr_gamma
+        self.snr_floor = float(snr_floor)
         self.register_buffer("alphas_cumprod", cosine_alphas_cumprod(num_train_timesteps), persistent=False)
 
     def draw(self, x0: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -167,12 +179,13 @@ class Objective(nn.Module):
         return alpha * x0 + sigma * noise, alpha, sigma
 
     def weight(self, t: Tensor) -> Tensor:
-        """Per-sample loss weight (B,): 1, or Min-SNR-gamma expressed for this parameterization's target."""
-        if self.min_snr_gamma is None:
+        """Per-sample loss weight (B,): 1, or the SNR clamped to [snr_floor, gamma] in x0 terms, expressed
+        for this parameterization's target."""
+        if not self.weighted:
             return torch.ones(t.shape, device=t.device)
         ab = self.alphas_cumprod.to(t.device)[t]
         snr = ab / (1 - ab)
-        clamped = snr.clamp(max=self.min_snr_gamma)
+        clamped = snr.clamp(min=self.snr_floor, max=self.min_snr_gamma)
         return {"v": clamped / (snr + 1), "eps": clamped / snr, "x0": clamped}[self.prediction]
 
     def loss(self, out: Tensor, x0: Tensor, noise: Tensor, t: Tensor, pixel_weight: Tensor | None = None) -> Tensor:
@@ -180,9 +193,14 @@ class Objective(nn.Module):
         (broadcastable to ``out``) makes each sample's MSE a weighted mean over its elements."""
         alpha, sigma = alpha_sigma(self.alphas_cumprod, t, x0)
         per_sample = mse_per_sample(out.float(), target(x0, noise, alpha, sigma, self.prediction), pixel_weight)
-        if self.min_snr_gamma is not None:
+        if self.weighted:
             per_sample = per_sample * self.weight(t).to(per_sample)
         return per_sample
+
+    @property
+    def weighted(self) -> bool:
+        """False for the plain MSE on the target (no gamma, no floor)."""
+        return self.min_snr_gamma is not None or self.snr_floor > 0
 
 
 # --------------------------------------------------------------------------- guidance

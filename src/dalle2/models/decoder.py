@@ -17,7 +17,10 @@ per-sample MSE on v (x0-space weight SNR + 1, so the high-noise steps that decid
 weight about 1). ``min_snr_gamma`` switches to Min-SNR weighting (Hang et al. 2023: min(SNR, gamma) /
 (SNR + 1) for v). It gives the high-noise steps weight ~SNR: at 1,000 steps of the ``cpu`` preset it looked
 worse (colours right, no object layout), but at the preset's 2,000 steps it gave quick-eval FD 9.5 against
-16.4 at the same faithfulness, so the ``cpu`` preset's decoder uses gamma 5.
+16.4 at the same faithfulness, so the ``cpu`` preset's decoder uses gamma 5. ``snr_floor`` 1 (truncated SNR,
+Salimans & Ho 2022) gives those steps weight 1 again under gamma's cap; measured neutral on faithfulness and
+colour binding in two continuations of the bundled decoder (docs/results.md, "Weight on the high-noise
+steps: truncated SNR"), so the preset keeps 0.
 ``foreground_weight`` adds weight 1 + w * alpha_bar_t to the pixels off each image's median colour (the
 objects of a plain-background scene), see :class:`DiffusionConfig`; with ``foreground_source="prediction"``
 the mask comes from the model's own detached x0 estimate instead, which keeps the loss's minimiser unbiased.
@@ -55,6 +58,9 @@ class DiffusionConfig:
     prediction: str = "v"
     num_train_timesteps: int = 1000
     min_snr_gamma: float | None = None  # None: plain MSE on the prediction target (see the module docstring)
+    # lower clamp of the SNR weight in x0 terms (0: Min-SNR alone; 1: Salimans & Ho's truncated SNR, which keeps
+    # weight 1 on the high-noise steps where layout and colour binding are decided); <= min_snr_gamma
+    snr_floor: float = 0.0
     # extra loss weight of the objects (pixels off the image's median colour): 1 + this * alpha_bar_t there, 1
     # elsewhere. Objects cover ~5% of a shapes image, so in the plain MSE their colour and outline, which the
     # prompt is about, are a few percent of the loss. Scaled by alpha_bar_t because an x0-dependent weight
@@ -94,6 +100,8 @@ class DiffusionConfig:
             )
         if not 0 <= self.image_drop_prob < 1 or not 0 <= self.text_drop_prob < 1:
             raise InvalidConfigError("image_drop_prob and text_drop_prob must be in [0, 1)")
+        if self.snr_floor < 0 or (self.min_snr_gamma is not None and self.snr_floor > self.min_snr_gamma):
+            raise InvalidConfigError(f"snr_floor must be in [0, min_snr_gamma], got {self.snr_floor}")
         if not 0 <= self.foreground_weight <= 1000:
             raise InvalidConfigError(f"foreground_weight must be in [0, 1000], got {self.foreground_weight}")
         if self.foreground_source not in ("target", "prediction"):
@@ -142,7 +150,7 @@ class ImageDiffusion(nn.Module):
         self.config = c = config
         net_config = c.net_config()
         self.net: nn.Module = DiffusionTransformer(net_config) if c.arch == "transformer" else UNet(net_config)  # type: ignore[arg-type]
-        self.objective = diffusion.Objective(c.prediction, c.num_train_timesteps, c.min_snr_gamma)
+        self.objective = diffusion.Objective(c.prediction, c.num_train_timesteps, c.min_snr_gamma, c.snr_floor)
 
     @property
     def alphas_cumprod(self) -> Tensor:
