@@ -86,11 +86,9 @@ def test_objective_loss_is_per_sample_and_zero_for_oracle():
     assert torch.equal(D.Objective(num_train_timesteps=T).alphas_cumprod, ac)
 
 
-@pytest.mark.parametrize("pred", D.PREDICTIONS)
-def test_min_snr_weight_is_the_same_in_x0_terms(pred):
-    """Min-SNR-gamma weights every parameterization's MSE so that it equals min(SNR, gamma) * ||x0_hat - x0||^2."""
-    gamma = 5.0
-    objective = D.Objective(pred, T, min_snr_gamma=gamma)
+def _noisy_prediction(objective, pred):
+    """A prediction near the target at four timesteps, low to high noise: (out, x0, noise, t, its x0 MSE per
+    sample, SNR per sample)."""
     g = torch.Generator().manual_seed(0)
     x0, noise = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
     t = torch.tensor([10, 200, 500, 900])
@@ -98,8 +96,16 @@ def test_min_snr_weight_is_the_same_in_x0_terms(pred):
     out = D.target(x0, noise, a, s, pred) + 0.1 * torch.randn(4, 6, generator=g)
     x0_hat, _ = D.to_x0_eps(out, x_t, a, s, pred)
     ab = D.cosine_alphas_cumprod(T)[t]
-    snr = ab / (1 - ab)
-    expected = snr.clamp(max=gamma) * (x0_hat - x0).pow(2).mean(1)
+    return out, x0, noise, t, (x0_hat - x0).pow(2).mean(1), ab / (1 - ab)
+
+
+@pytest.mark.parametrize("pred", D.PREDICTIONS)
+def test_min_snr_weight_is_the_same_in_x0_terms(pred):
+    """Min-SNR-gamma weights every parameterization's MSE so that it equals min(SNR, gamma) * ||x0_hat - x0||^2."""
+    gamma = 5.0
+    objective = D.Objective(pred, T, min_snr_gamma=gamma)
+    out, x0, noise, t, x0_error, snr = _noisy_prediction(objective, pred)
+    expected = snr.clamp(max=gamma) * x0_error
     assert torch.allclose(objective.loss(out, x0, noise, t), expected, rtol=1e-4, atol=1e-6)
 
 
@@ -109,15 +115,8 @@ def test_snr_floor_clamps_the_x0_weight_from_below(pred, gamma):
     """snr_floor 1 (truncated SNR, Salimans & Ho 2022) gives every parameterization the x0-space weight
     clamp(SNR, 1, gamma): 1 on the high-noise steps, where Min-SNR alone gives ~SNR."""
     objective = D.Objective(pred, T, min_snr_gamma=gamma, snr_floor=1.0)
-    g = torch.Generator().manual_seed(0)
-    x0, noise = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
-    t = torch.tensor([10, 200, 500, 900])
-    x_t, a, s = objective.noised(x0, t, noise)
-    out = D.target(x0, noise, a, s, pred) + 0.1 * torch.randn(4, 6, generator=g)
-    x0_hat, _ = D.to_x0_eps(out, x_t, a, s, pred)
-    ab = D.cosine_alphas_cumprod(T)[t]
-    snr = ab / (1 - ab)
-    expected = snr.clamp(min=1.0, max=gamma) * (x0_hat - x0).pow(2).mean(1)
+    out, x0, noise, t, x0_error, snr = _noisy_prediction(objective, pred)
+    expected = snr.clamp(min=1.0, max=gamma) * x0_error
     assert torch.allclose(objective.loss(out, x0, noise, t), expected, rtol=1e-4, atol=1e-6)
     assert snr[-1] < 0.1  # t = 900 is a high-noise step: the floor raised its weight more than tenfold
     if gamma is not None:  # against Min-SNR alone: the same weight where SNR >= 1, over ten times more at t = 900

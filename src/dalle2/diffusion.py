@@ -98,6 +98,12 @@ def _check_prediction(prediction: str) -> None:
         raise InvalidConfigError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
 
 
+def check_snr_weighting(min_snr_gamma: float | None, snr_floor: float) -> None:
+    """The SNR weight's clamp must be a range: 0 <= snr_floor <= min_snr_gamma (when there is a gamma)."""
+    if snr_floor < 0 or (min_snr_gamma is not None and snr_floor > min_snr_gamma):
+        raise InvalidConfigError(f"snr_floor must be in [0, min_snr_gamma], got {snr_floor}")
+
+
 def to_x0_eps(out: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor, prediction: str) -> tuple[Tensor, Tensor]:
     """Convert a model output of the given parameterization to (x0, eps) at the same x_t."""
     _check_prediction(prediction)
@@ -159,8 +165,7 @@ class Objective(nn.Module):
     ):
         super().__init__()
         _check_prediction(prediction)
-        if snr_floor < 0 or (min_snr_gamma is not None and snr_floor > min_snr_gamma):
-            raise InvalidConfigError(f"snr_floor must be in [0, min_snr_gamma], got {snr_floor}")
+        check_snr_weighting(min_snr_gamma, snr_floor)
         self.prediction = prediction
         self.num_train_timesteps = num_train_timesteps
         self.min_snr_gamma = min_snr_gamma

@@ -100,8 +100,7 @@ class DiffusionConfig:
             )
         if not 0 <= self.image_drop_prob < 1 or not 0 <= self.text_drop_prob < 1:
             raise InvalidConfigError("image_drop_prob and text_drop_prob must be in [0, 1)")
-        if self.snr_floor < 0 or (self.min_snr_gamma is not None and self.snr_floor > self.min_snr_gamma):
-            raise InvalidConfigError(f"snr_floor must be in [0, min_snr_gamma], got {self.snr_floor}")
+        diffusion.check_snr_weighting(self.min_snr_gamma, self.snr_floor)
         if not 0 <= self.foreground_weight <= 1000:
             raise InvalidConfigError(f"foreground_weight must be in [0, 1000], got {self.foreground_weight}")
         if self.foreground_source not in ("target", "prediction"):
