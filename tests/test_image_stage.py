@@ -210,3 +210,26 @@ def test_data_train_length_sizes_the_training_split(tmp_path, monkeypatch, stage
     assert len(_trainer_call(monkeypatch, stage, tmp_path / "default")["dataset"]) == 50_000
     with pytest.raises(ConfigError, match="data.train_length must be >= 1"):
         _trainer_call(monkeypatch, stage, tmp_path / "zero", ["data.train_length=0"])
+
+
+def test_decoder_throughput_measures_without_touching_the_run(tmp_path):
+    """The probe behind ``train all --minutes``: positive costs of each kind; nothing written under --out; and
+    a decoder trained after it gets the same weights as one trained without it (the stage seeds its own)."""
+    from dalle2.stages.image_stage import decoder_throughput
+
+    probed, plain = _copy(tmp_path / "a"), _copy(tmp_path / "b")
+    before = sorted(p.relative_to(probed) for p in probed.rglob("*"))
+    cost = decoder_throughput(out=str(probed), steps=4, untimed=2, **TINY)
+    assert sorted(p.relative_to(probed) for p in probed.rglob("*")) == before
+    assert cost["images_per_second"] > 0 and cost["seconds_per_step"] > 0
+    assert cost["images_per_second"] == pytest.approx(8 / cost["seconds_per_step"], rel=0.01)  # tiny: batch 8
+    assert cost["checkpoint_seconds"] > 0 and cost["fixed_seconds"] > 0
+    assert cost["checkpoint_every"] == 2  # the tiny preset's
+    assert cost["seconds"] >= cost["fixed_seconds"]
+    train_decoder(out=str(probed), **TINY)
+    train_decoder(out=str(plain), **TINY)
+    a = ImageDiffusion.from_pretrained(probed / "decoder").state_dict()
+    b = ImageDiffusion.from_pretrained(plain / "decoder").state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ImageStageError, match="steps >= 1"):
+        decoder_throughput(out=str(probed), steps=0, **TINY)

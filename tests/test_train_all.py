@@ -4,6 +4,7 @@ decoder and resumed without retraining CLIP or prior, refusal of a used folder, 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -76,8 +77,8 @@ def killed_then_resumed(tmp_path_factory, shared_yaml):
 def test_killed_run_records_what_finished(killed_then_resumed):
     _, state, _ = killed_then_resumed
     first = state["first"]
-    assert [s["stage"] for s in first["stages"]] == ["tokenizer", "clip", "prior"]
-    assert [s["status"] for s in first["stages"]] == ["trained", "trained", "trained"]
+    assert [s["stage"] for s in first["stages"]] == ["tokenizer", "clip", "prior", "upsampler"]
+    assert [s["status"] for s in first["stages"]] == ["trained", "trained", "trained", "trained"]
     assert first["failed"]["stage"] == "decoder" and "Killed" in first["failed"]["error"]
     assert state["decoder_checkpoint"] == 2 and not state["decoder_folder_after_kill"]
 
@@ -87,13 +88,13 @@ def test_resume_skips_finished_stages_and_continues_the_rest(killed_then_resumed
     for f, mtime in state["mtimes"].items():  # clip and prior were not retrained
         assert (out / f).stat().st_mtime_ns == mtime, f
     stages = {s["stage"]: s for s in summary["stages"]}
-    assert [s["stage"] for s in summary["stages"]] == ["tokenizer", "clip", "prior", "decoder", "upsampler", "eval"]
+    assert [s["stage"] for s in summary["stages"]] == ["tokenizer", "clip", "prior", "upsampler", "decoder", "eval"]
     assert stages["tokenizer"]["status"] == "reused"
     assert stages["clip"]["status"] == stages["prior"]["status"] == "skipped"
     assert stages["decoder"]["status"] == "resumed" and stages["decoder"]["steps"] == 4
     decoder_report = json.loads((out / "decoder" / "report.json").read_text())
     assert decoder_report["train"]["steps_this_run"] == 2  # continued from the step-2 checkpoint
-    assert stages["upsampler"]["status"] == "trained" and stages["upsampler"]["steps"] == 4
+    assert stages["upsampler"]["status"] == "skipped" and stages["upsampler"]["steps"] == 4  # before the decoder
     assert stages["eval"]["status"] == "skipped"
     for name in ("clip", "prior", "decoder", "upsampler"):
         assert stage_done(out, name)
@@ -224,7 +225,7 @@ def test_train_all_and_generate_on_fashion_mnist(tmp_path):
     out = tmp_path / "pipe"
     summary = train_all(out=str(out), skip_eval=True, **{**TINY, "data": f"fashion-mnist:{root}"})
     assert [(s["stage"], s["status"]) for s in summary["stages"]][1:] == [
-        ("clip", "trained"), ("prior", "trained"), ("decoder", "trained"), ("upsampler", "trained"), ("eval", "skipped")
+        ("clip", "trained"), ("prior", "trained"), ("upsampler", "trained"), ("decoder", "trained"), ("eval", "skipped")
     ]  # fmt: skip
     pipe = dalle2.load(out)
     assert pipe.resolutions == [16, 32]
@@ -233,3 +234,117 @@ def test_train_all_and_generate_on_fashion_mnist(tmp_path):
     assert not np.array_equal(np.asarray(boots), np.asarray(shirts))
     again = pipe(["an ankle boot", "a t-shirt"], n=1, seed=0)[0]
     assert np.array_equal(np.asarray(again), np.asarray(boots))  # reproducible from the seed
+
+
+# -- --minutes: a time budget that sizes the decoder ----------------------------------------------------
+
+COST = {"seconds_per_step": 0.5, "checkpoint_seconds": 1.0, "checkpoint_every": 10, "fixed_seconds": 2.0}
+
+
+def test_budget_steps_counts_steps_checkpoints_and_fixed_costs():
+    from dalle2.train_all import BUDGET_RESERVE, budget_steps
+
+    assert BUDGET_RESERVE == 0.02
+    # 0.5 s a step plus a 1 s checkpoint every 10 steps: 0.6 s a step; 2 s of setup and report once:
+    # (100 - 2) * 0.98 / 0.6 = 160.07
+    assert budget_steps(100.0, COST) == 160
+    assert budget_steps(2.5, COST) == 0 and budget_steps(-30.0, COST) == 0
+    assert budget_steps(600.0, {**COST, "checkpoint_seconds": 0.0}) == 1172  # 598 * 0.98 / 0.5 = 1172.08
+    with pytest.raises(TrainAllError, match="cannot size"):
+        budget_steps(60.0, {**COST, "seconds_per_step": 0.0, "checkpoint_seconds": 0.0})
+    with pytest.raises(TrainAllError, match="cannot size"):
+        budget_steps(float("nan"), COST)
+
+
+def _slow_probe(calls: list[dict]):
+    """A stand-in for the throughput probe that reports a slow machine (0.5 s a step), so that the budget
+    buys few steps and the test does not depend on this machine's speed."""
+
+    def probe(opts, **kwargs):
+        calls.append(dict(opts))
+        return {**COST, "images_per_second": 16.0, "seconds": 0.1}
+
+    return probe
+
+
+def _die_in_decoder_at_step_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_save = Trainer._save
+
+    def save_then_die(self: Trainer) -> Path:
+        path = real_save(self)
+        if self.stage_name == "decoder" and self.step == 2:
+            raise Killed(f"killed after writing {path}")
+        return path
+
+    monkeypatch.setattr(Trainer, "_save", save_then_die)
+
+
+@pytest.fixture(scope="module")
+def budgeted(tmp_path_factory):
+    """``train all --minutes 0.5`` (on a machine the probe calls slow) killed in the decoder at step 2, a copy
+    of that folder, then the original resumed with the same budget."""
+    from dalle2.stages import image_stage
+
+    out = tmp_path_factory.mktemp("budget") / "pipe"
+    calls: list[dict] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(image_stage, "decoder_throughput", _slow_probe(calls))
+        with pytest.MonkeyPatch.context() as dying:
+            _die_in_decoder_at_step_2(dying)
+            with pytest.raises(Killed):
+                train_all(out=str(out), minutes=0.5, skip_eval=True, **TINY)
+        first = json.loads((out / "train_all.json").read_text())
+        killed = out.parent / "killed"
+        shutil.copytree(out, killed)
+        summary = train_all(out=str(out), minutes=0.5, skip_eval=True, resume=True, **TINY)
+    return {"first": first, "summary": summary, "calls": calls, "killed": killed, "out": out}
+
+
+def test_minutes_sizes_the_decoder_and_records_it(budgeted):
+    from dalle2.train_all import budget_steps
+
+    first = budgeted["first"]
+    budget = first["budget"]
+    assert [s["stage"] for s in first["stages"]] == ["tokenizer", "clip", "prior", "upsampler"]
+    assert first["failed"]["stage"] == "decoder"
+    assert budget["minutes"] == 0.5 and 0 < budget["minutes_left"] < 0.5
+    steps = budget["decoder_steps"]
+    assert abs(steps - budget_steps(budget["minutes_left"] * 60, COST)) <= 1  # minutes_left is rounded there
+    assert steps > 4  # more than the tiny preset's own 4 steps
+    assert budgeted["calls"][0]["max_minutes"] is None  # the probe ran with the user's options
+
+
+def test_minutes_resume_keeps_the_sized_schedule(budgeted):
+    """The killed run resumes the schedule it was sized to, without measuring again."""
+    summary, sized = budgeted["summary"], budgeted["first"]["budget"]["decoder_steps"]
+    assert len(budgeted["calls"]) == 1  # measured once, in the first run
+    assert summary["budget"]["decoder_steps"] == sized and summary["budget"]["resumed"] is True
+    decoder = {s["stage"]: s for s in summary["stages"]}["decoder"]
+    assert decoder["status"] == "resumed" and decoder["steps"] == sized
+    assert decoder["stop_reason"] == "max_steps reached"
+    assert json.loads((budgeted["out"] / "train_all.json").read_text())["budget"] == summary["budget"]
+
+
+def test_minutes_refusals_are_one_clear_line(budgeted, tmp_path, monkeypatch):
+    from dalle2.stages import image_stage
+
+    monkeypatch.setattr(image_stage, "decoder_throughput", _slow_probe([]))
+    # a decoder checkpoint whose run was not sized by a budget is not resized
+    unsized = tmp_path / "unsized"
+    shutil.copytree(budgeted["killed"], unsized)
+    record = json.loads((unsized / "train_all.json").read_text())
+    del record["budget"]
+    (unsized / "train_all.json").write_text(json.dumps(record))
+    with pytest.raises(TrainAllError, match="not sized by a time budget"):
+        train_all(out=str(unsized), minutes=0.5, skip_eval=True, resume=True, **TINY)
+    # a budget spent before the decoder: what finished is kept, so a --resume with more minutes goes on
+    spent = tmp_path / "spent"
+    shutil.copytree(budgeted["killed"], spent)
+    shutil.rmtree(spent / "training" / "decoder")
+    with pytest.raises(TrainAllError, match="leaves no time for a decoder step"):
+        train_all(out=str(spent), minutes=0.01, skip_eval=True, resume=True, **TINY)
+    assert stage_done(spent, "upsampler")
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(TrainAllError, match="--minutes must be"):
+            train_all(out=str(tmp_path / "b"), minutes=bad, **TINY)
+    assert not (tmp_path / "b").exists()

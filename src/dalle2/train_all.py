@@ -2,9 +2,19 @@
 
 Order: tokenizer (trained by the CLIP stage when ``OUT/tokenizer`` is missing), CLIP
 (:func:`~dalle2.stages.clip_stage.train_clip`), prior (:func:`~dalle2.stages.prior_stage.train_prior`),
-decoder and upsampler (:mod:`dalle2.stages.image_stage`), then ``dalle2 eval OUT --data DATA --quick
---out OUT/eval`` for the datasets that have evaluator networks (shapes, fashion-mnist); other datasets
-skip it with a message, and ``--skip-eval`` skips it always.
+upsampler and decoder (:mod:`dalle2.stages.image_stage`; the upsampler trains on real images only, so it
+goes first), then ``dalle2 eval OUT --data DATA --quick --out OUT/eval`` for the datasets that have
+evaluator networks (shapes, fashion-mnist); other datasets skip it with a message, and ``--skip-eval``
+skips it always.
+
+Time budget (``--minutes M``): the training stages end within M minutes of the start (the eval is not
+counted). The stages before the decoder train their steps; then the decoder's training speed is measured
+on this machine (:func:`~dalle2.stages.image_stage.decoder_throughput`, about half a minute, counted) and
+its ``train.max_steps`` set to the steps that fit in what is left (:func:`budget_steps`, a few percent kept
+for previews, checkpoints and the report; its time is also capped there). This replaces the decoder's
+preset steps, which are sized for an hour on a slow laptop, and gives a faster machine's hour to the stage
+whose training time buys the most. The sizing is recorded in ``train_all.json`` (``budget``), and a
+``--resume`` of a decoder cut short keeps the schedule it was sized to.
 
 Every stage gets the same options: ``--data``, ``--preset``, ``--config`` (one YAML may hold the sections
 of several stages, ``clip:``, ``prior:``, ``decoder:``, ``upsampler:``, beside the shared ``train:`` and
@@ -41,9 +51,11 @@ from typing import Any
 from dalle2.errors import Dalle2Error, InvalidConfigError
 from dalle2.stages.common import printer, stage_options
 
-__all__ = ["STAGES", "TrainAllError", "stage_done", "train_all"]
+__all__ = ["STAGES", "TrainAllError", "budget_steps", "stage_done", "train_all"]
 
-STAGES = ("clip", "prior", "decoder", "upsampler")
+# the upsampler trains on real images only, so it goes before the decoder: under --minutes the decoder, whose
+# training time buys the most (docs/results.md, "Quality against training time"), gets all that is left
+STAGES = ("clip", "prior", "upsampler", "decoder")
 SUMMARY_FILE = "train_all.json"
 
 
@@ -72,6 +84,22 @@ def scaled_max_steps(stage: str, preset: str, config: str | None, sets: list[str
 
     base = resolve_stage(stage, preset, config, sets)[0].train.max_steps
     return max(1, int(round(base * scale)))
+
+
+#: share of the decoder's time kept back beyond what the throughput probe measured (timing noise)
+BUDGET_RESERVE = 0.02
+
+
+def budget_steps(seconds_left: float, cost: dict[str, float]) -> int:
+    """The decoder steps that fit in ``seconds_left``, from the costs
+    :func:`~dalle2.stages.image_stage.decoder_throughput` measured: each step, a checkpoint with its preview
+    every ``checkpoint_every`` steps, and the setup and report once; :data:`BUDGET_RESERVE` of the time kept
+    back. 0 when not even one step fits."""
+    per_step = cost["seconds_per_step"] + cost["checkpoint_seconds"] / max(1, int(cost["checkpoint_every"]))
+    if not (math.isfinite(seconds_left) and math.isfinite(per_step)) or per_step <= 0:
+        raise TrainAllError(f"cannot size the decoder: {seconds_left} s left at {per_step} s per step")
+    usable = (seconds_left - cost["fixed_seconds"]) * (1 - BUDGET_RESERVE)
+    return max(0, int(usable // per_step))
 
 
 def validate_sections(preset: str, config: str | None, sets: list[str], data: str | None) -> dict[str, Any]:
@@ -200,11 +228,73 @@ def _resume_advice(out: Path, stage: str, error: BaseException, finished: list[s
     return None
 
 
+def _read_summary(out: Path) -> dict[str, Any]:
+    try:
+        return json.loads((out / SUMMARY_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _fill_budget(
+    opts: dict[str, Any],
+    summary: dict[str, Any],
+    previous: dict[str, Any],
+    continuing: bool,
+    start: float,
+    batch: int,
+    log: Callable[[str], None],
+) -> int:
+    """``--minutes``: the decoder's ``train.max_steps`` that ends the training stages within the budget, from
+    the decoder's throughput measured here (:func:`~dalle2.stages.image_stage.decoder_throughput`); its time is
+    also capped at what is left. A resumed decoder keeps the schedule its run was sized to (``train_all.json``).
+    Records the sizing in ``summary["budget"]``."""
+    from dalle2.stages.image_stage import decoder_throughput
+
+    record = summary["budget"]
+    earlier = previous.get("budget") or {}
+    if continuing and earlier.get("decoder_steps"):
+        record.update({k: v for k, v in earlier.items() if k != "minutes"}, resumed=True)
+        log(f"== decoder: --minutes: resuming the schedule its run was sized to ({earlier['decoder_steps']} steps)")
+        return int(earlier["decoder_steps"])
+    if continuing:
+        raise TrainAllError(
+            "--minutes: the decoder's checkpoint was not sized by a time budget (no record in "
+            f"{SUMMARY_FILE}); resume it without --minutes"
+        )
+    minutes = record["minutes"]
+    log(f"== decoder: measuring its training speed to fill the {minutes:g}-minute budget")
+    cost = decoder_throughput(opts, progress=False)
+    left = minutes * 60 - (time.monotonic() - start)
+    steps = budget_steps(left, cost)
+    record.update(
+        decoder_cost={k: v for k, v in cost.items() if k != "seconds"},
+        probe_seconds=cost["seconds"],
+        minutes_left=round(left / 60, 2),
+        decoder_steps=steps,
+    )
+    rate = cost["images_per_second"]
+    if steps < 1:
+        raise TrainAllError(
+            f"--minutes {minutes:g}: the stages before the decoder used {(minutes * 60 - left) / 60:.1f} min, which "
+            f"leaves no time for a decoder step ({rate:.1f} images/s); give more minutes, or shrink the other "
+            "stages (--steps-scale)"
+        )
+    cap = opts.get("max_minutes")
+    opts["max_minutes"] = min(float(cap), left / 60) if cap else left / 60
+    log(
+        f"== decoder: {steps:,} steps of {batch} fill the {left / 60:.1f} min left at {rate:.1f} images/s, with a "
+        f"checkpoint and preview every {cost['checkpoint_every']} steps, setup and report "
+        f"(measured in {cost['seconds']:.0f} s)"
+    )
+    return steps
+
+
 def train_all(args: argparse.Namespace | dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
     """Run every stage (see the module docstring); returns the summary (also ``OUT/train_all.json``).
 
     Keys: ``out`` (required), ``data``, ``preset`` ("cpu"), ``config``, ``overrides`` (``--set`` list),
-    ``resume``, ``max_minutes`` (per stage), ``steps_scale`` (1.0), ``skip_eval``, ``log_with``,
+    ``resume``, ``minutes`` (a budget for all the training), ``max_minutes`` (per stage), ``steps_scale`` (1.0),
+    ``skip_eval``, ``log_with``,
     ``progress``, ``quiet``.
     """
     from dalle2.config import load_config
@@ -220,6 +310,9 @@ def train_all(args: argparse.Namespace | dict[str, Any] | None = None, **kwargs:
     scale = float(opts.get("steps_scale") if opts.get("steps_scale") is not None else 1.0)
     if not (math.isfinite(scale) and scale > 0):
         raise TrainAllError(f"--steps-scale must be a number > 0, got {scale}")
+    budget = opts.get("minutes")
+    if budget is not None and not (math.isfinite(float(budget)) and float(budget) > 0):
+        raise TrainAllError(f"--minutes must be a number > 0, got {budget}")
     load_config(preset)  # an unknown preset fails here, before anything is written
 
     started = [s for s in STAGES if _started(out, s)]
@@ -248,6 +341,7 @@ def train_all(args: argparse.Namespace | dict[str, Any] | None = None, **kwargs:
         for stage in STAGES:
             max_steps[stage] = scaled_max_steps(stage, preset, opts.get("config"), sets, scale)
 
+    previous = _read_summary(out) if resume else {}
     summary: dict[str, Any] = {
         "out": str(out),
         "preset": preset,
@@ -256,6 +350,8 @@ def train_all(args: argparse.Namespace | dict[str, Any] | None = None, **kwargs:
         "stages": [],
         "wall_seconds": 0.0,
     }
+    if budget is not None:
+        summary["budget"] = {"minutes": float(budget)}
     functions = _stage_functions()
     start = time.monotonic()
     dataset = summary["data"]
@@ -285,12 +381,17 @@ def train_all(args: argparse.Namespace | dict[str, Any] | None = None, **kwargs:
             record(entry)
             continue
         continuing = resume and _has_checkpoint(out, stage)
+        stage_opts = dict(base)
+        if stage == "decoder" and budget is not None:
+            max_steps[stage] = _fill_budget(
+                stage_opts, summary, previous, continuing, start, resolved["decoder"][0].train.batch_size, log
+            )
         what = "resuming from its last checkpoint" if continuing else "training"
         steps = f", max_steps {max_steps[stage]}" if max_steps[stage] is not None else ""
         log(f"== {stage}: {what}{steps}")
         stage_start = time.monotonic()
         try:
-            report = functions[stage](dict(base), max_steps=max_steps[stage])
+            report = functions[stage](stage_opts, max_steps=max_steps[stage])
         except (Exception, KeyboardInterrupt) as error:
             summary["failed"] = {"stage": stage, "error": f"{type(error).__name__}: {error}"}
             summary["wall_seconds"] = round(time.monotonic() - start, 1)

@@ -8,9 +8,15 @@ from typing import Any
 from dalle2.cli_options import add_config_options, positive_float
 
 DESCRIPTION = """\
-Train a whole unCLIP pipeline folder, in order: tokenizer (if missing), CLIP, prior, decoder,
-upsampler, then `dalle2 eval OUT --data DATA --quick --out OUT/eval` (datasets with evaluator
+Train a whole unCLIP pipeline folder, in order: tokenizer (if missing), CLIP, prior, upsampler,
+decoder, then `dalle2 eval OUT --data DATA --quick --out OUT/eval` (datasets with evaluator
 networks: shapes, fashion-mnist; others skip it).
+
+--minutes M fills a wall-clock budget for the training (the eval after it is not counted): the
+other stages train their steps, then the decoder's training speed is measured here (about half a
+minute) and its train.max_steps set so that it ends within what is left. The `cpu` preset's
+decoder steps are sized for an hour on a slow laptop; `--minutes 60` gives a faster machine's hour
+to the decoder, which is what more training time improves most.
 
 Every stage gets --data, --preset, --config, --set and --max-minutes. One --config YAML may hold
 the sections of several stages (clip:, prior:, decoder:, upsampler:) beside the shared train: and
@@ -43,6 +49,13 @@ def register(train_subparsers: Any) -> argparse.ArgumentParser:
         default=1.0,
         metavar="F",
         help="multiply every stage's train.max_steps by F (e.g. 0.1 for a quick run; default: %(default)s)",
+    )
+    p.add_argument(
+        "--minutes",
+        type=positive_float,
+        metavar="M",
+        help="a budget for all the training: the decoder's steps are sized, from its speed measured here, to end "
+        "within M minutes of the start (replaces its train.max_steps; the eval is not counted)",
     )
     p.add_argument("--max-minutes", type=positive_float, help="stop each stage's training after this many minutes")
     p.add_argument("--skip-eval", action="store_true", help="do not run the quick eval at the end")

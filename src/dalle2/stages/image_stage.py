@@ -43,7 +43,7 @@ from dalle2.stages.common import (
     train_summary,
 )
 
-__all__ = ["ImageStageError", "train_decoder", "train_upsampler", "warm_start"]
+__all__ = ["ImageStageError", "decoder_throughput", "train_decoder", "train_upsampler", "warm_start"]
 
 
 class ImageStageError(Dalle2Error):
@@ -148,12 +148,39 @@ class _Run:
         return report
 
 
-def train_decoder(args: argparse.Namespace | dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
-    """Run the decoder stage (keys as :func:`dalle2.stages.prior_stage.train_prior`). Returns the report."""
-    opts = stage_options(args, kwargs)
+@dataclass
+class _DecoderParts:
+    """What the decoder stage trains with, built from the options as :func:`train_decoder` builds it."""
+
+    config: Any
+    keys: dict[str, Any]
+    clip: Any
+    decoder: Any
+    dataset: Any
+    test_images: torch.Tensor  # the held-out images of the report (``eval_samples``)
+    test_captions: list[str]
+    resolution: int
+
+    def loss_fn(self, m: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        images = batch["image"]
+        cond = _clip_condition(self.clip, self.decoder, images, batch["caption"])
+        return self.decoder.loss(m, images, **cond)
+
+    def sample_fn(self, ema: Any, step: int) -> list[Any]:
+        """The training previews: the first 8 held-out images above their decodings."""
+        images = self.test_images[:8].to(next(ema.parameters()).device)
+        cond = _clip_condition(self.clip, ema, images, self.test_captions[:8])
+        g = torch.Generator().manual_seed(0)
+        decoded = ema.sample(torch.randn(images.shape, generator=g).to(images), generator=g, **cond)
+        return _pils(torch.cat([images, decoded]))
+
+    def evaluate(self, ema: Any) -> dict[str, Any]:
+        return evaluate_decoder(ema, self.clip, self.test_images, self.test_captions)
+
+
+def _decoder_parts(opts: dict[str, Any]) -> _DecoderParts:
     if not opts.get("out"):
         raise ImageStageError("the decoder stage needs the pipeline folder (--out DIR) holding a trained CLIP")
-    log = printer(bool(opts.get("quiet")))
     out = Path(opts["out"])
     config, model_spec, keys = _resolve("decoder", opts)
     clip = load_frozen_clip(out, "decoder", ImageStageError)
@@ -162,40 +189,32 @@ def train_decoder(args: argparse.Namespace | dict[str, Any] | None = None, **kwa
     resolution = clip.image_size if clip.source == "trained" else config.data.resolution
     dataset = open_train_split(config, resolution)
     test = open_dataset(config.data.dataset, split="test", resolution=resolution, seed=0, length=keys["eval_samples"])
+    test_images = torch.stack([test[i]["image"] for i in range(len(test))])
+    test_captions = [test[i]["caption"] for i in range(len(test))]
     width = _text_width(clip)
     sizes = {"net": {"image_size": resolution, "embed_dim": clip.config["embed_dim"], "context_dim": width}}
     if model_spec.get("net", {}).get("caption_layers"):  # its own caption encoder reads the CLIP tokenizer's ids
         sizes["net"].update(caption_vocab=clip.tokenizer.vocab_size, caption_length=clip.tokenizer.max_length)
     torch.manual_seed(config.train.seed)
     decoder = _build("decoder", model_spec, sizes)
+    return _DecoderParts(config, keys, clip, decoder, dataset, test_images, test_captions, resolution)
+
+
+def train_decoder(args: argparse.Namespace | dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Run the decoder stage (keys as :func:`dalle2.stages.prior_stage.train_prior`). Returns the report."""
+    opts = stage_options(args, kwargs)
+    log = printer(bool(opts.get("quiet")))
+    parts = _decoder_parts(opts)
+    out, config, keys, decoder = Path(opts["out"]), parts.config, parts.keys, parts.decoder
     init_from = warm_start(
         "decoder", decoder, opts.get("init_from"), out, bool(opts.get("resume")), log, bool(opts.get("init_grow"))
     )
     log(config.to_yaml() + yaml.safe_dump({"decoder": {**decoder.config.to_dict(), **keys}}, sort_keys=False).rstrip())
     n_params = sum(p.numel() for p in decoder.parameters())
-    log(f"decoder: {decoder.config.arch}, {n_params / 1e6:.2f}M parameters, {resolution}x{resolution}")
-
-    preview = [test[i] for i in range(min(8, len(test)))]
-    preview_images = torch.stack([s["image"] for s in preview])
-    preview_captions = [s["caption"] for s in preview]
-
-    def loss_fn(m: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        images = batch["image"]
-        cond = _clip_condition(clip, decoder, images, batch["caption"])
-        return decoder.loss(m, images, **cond)
-
-    def sample_fn(ema: Any, step: int) -> torch.Tensor:
-        images = preview_images.to(next(ema.parameters()).device)
-        cond = _clip_condition(clip, ema, images, preview_captions)
-        g = torch.Generator().manual_seed(0)
-        decoded = ema.sample(torch.randn(images.shape, generator=g).to(images), generator=g, **cond)
-        return _pils(torch.cat([images, decoded]))
-
-    images = torch.stack([test[i]["image"] for i in range(len(test))])
-    captions = [test[i]["caption"] for i in range(len(test))]
+    log(f"decoder: {decoder.config.arch}, {n_params / 1e6:.2f}M parameters, {parts.resolution}x{parts.resolution}")
     run = _Run("decoder", decoder, config, keys, out, opts, init_from, n_params, log)
     report = run.train_and_save(
-        loss_fn, dataset, sample_fn, clip, "consistency", lambda ema: evaluate_decoder(ema, clip, images, captions)
+        parts.loss_fn, parts.dataset, parts.sample_fn, parts.clip, "consistency", parts.evaluate
     )
     folder = out / "decoder"
     c = report["consistency"]
@@ -205,6 +224,72 @@ def train_decoder(args: argparse.Namespace | dict[str, Any] | None = None, **kwa
     )
     log(f"wrote {folder} and {out / 'model_index.json'}")
     return report
+
+
+def decoder_throughput(
+    args: argparse.Namespace | dict[str, Any] | None = None, *, steps: int = 30, untimed: int = 10, **kwargs: Any
+) -> dict[str, float]:
+    """The decoder stage's time costs on this machine, measured as :func:`train_decoder` would train (the
+    same network, data, CLIP encoding, precision, threads and training loop) on a throwaway model in a
+    temporary folder: the stage's setup, ``untimed + steps`` optimizer steps of which the first ``untimed``
+    (allocation, warm-up) are not timed, one checkpoint with its preview, and the held-out report. Nothing in
+    ``--out`` changes, and the real run's random streams do not depend on it (the stage seeds its own). Used
+    by ``dalle2 train all --minutes`` to size the decoder's schedule.
+
+    Returns ``images_per_second`` and ``seconds_per_step`` (the training steps alone),
+    ``checkpoint_seconds`` (a checkpoint and its preview, which come every ``checkpoint_every`` steps),
+    ``fixed_seconds`` (setup and the report: once per run) and ``seconds`` (the probe's whole time)."""
+    import dataclasses
+    import tempfile
+
+    from dalle2.training.trainer import Trainer
+
+    if steps < 1 or untimed < 1:
+        raise ImageStageError(f"decoder_throughput needs steps >= 1 and untimed >= 1, got {steps} and {untimed}")
+    opts = stage_options(args, kwargs)
+    begin = time.monotonic()
+    parts = _decoder_parts(opts)
+    total = untimed + steps
+    train = dataclasses.replace(
+        parts.config.train, max_steps=total, schedule_steps=None, max_minutes=None, checkpoint_every=total
+    )
+    marks: dict[int, float] = {}
+
+    def mark(step: int, logged: dict[str, float]) -> None:
+        marks[step] = time.monotonic()
+
+    with tempfile.TemporaryDirectory(prefix="dalle2-throughput-") as tmp:
+        trainer = Trainer(
+            parts.decoder,
+            parts.loss_fn,
+            parts.dataset,
+            train,
+            Path(tmp),
+            ema_decay=parts.keys["ema_decay"],
+            log_with=None,
+            stage_name="decoder-throughput",
+            sample_fn=parts.sample_fn,
+            num_workers=parts.config.data.num_workers,
+            progress=False,
+            log_every=math.gcd(untimed, total),  # a mark at step untimed and at the last step
+            on_log=mark,
+        )
+        parts.clip.to(trainer.accelerator.device)
+        ready = time.monotonic()
+        trainer.train()  # the last step is logged, then writes the one checkpoint and preview
+        trained = time.monotonic()
+        with torch.no_grad():
+            parts.evaluate(trainer.ema_model.eval())
+    reported = time.monotonic()
+    per_step = (marks[total] - marks[untimed]) / steps
+    return {
+        "images_per_second": round(train.batch_size * trainer.accelerator.num_processes / per_step, 2),
+        "seconds_per_step": round(per_step, 4),
+        "checkpoint_seconds": round(trained - marks[total], 3),
+        "checkpoint_every": parts.config.train.checkpoint_every,
+        "fixed_seconds": round((ready - begin) + (reported - trained), 3),
+        "seconds": round(reported - begin, 1),
+    }
 
 
 def _text_width(clip: Any) -> int:
