@@ -280,7 +280,7 @@ def _fill_budget(
             "stages (--steps-scale)"
         )
     cap = opts.get("max_minutes")
-    opts["max_minutes"] = min(float(cap), left / 60) if cap else left / 60
+    opts["max_minutes"] = round(min(float(cap), left / 60) if cap else left / 60, 2)
     log(
         f"== decoder: {steps:,} steps of {batch} fill the {left / 60:.1f} min left at {rate:.1f} images/s, with a "
         f"checkpoint and preview every {cost['checkpoint_every']} steps, setup and report "
