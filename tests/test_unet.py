@@ -27,6 +27,15 @@ UNET_CONFIGS = [
     {"image_size": 16, "in_channels": 1, "out_channels": 1, "channels": [16, 16], "attention": [False, False]},
     {"image_size": 16, "channels": [16, 32], "attention": [False, True], "embed_dim": 6, "patch_size": 2},
     {"image_size": 16, "channels": [16], "attention": [False], "low_res_channels": 3, "patch_size": 4},
+    {
+        "image_size": 16,
+        "channels": [8, 16, 24],
+        "attention": [False, True, True],
+        "embed_dim": 6,
+        "context_dim": 10,
+        "attention_positions": True,
+        "patch_size": 2,
+    },
 ]
 
 
@@ -67,6 +76,34 @@ def test_unet_patch_size_is_space_to_depth():
     x = torch.randn(1, 3, 16, 16, requires_grad=True)
     net(x, torch.tensor([3]))[0, :, 0, 0].sum().backward()
     assert x.grad[0, :, :2, :2].abs().sum() > 0  # its own block reaches output pixel (0, 0)
+
+
+def test_attention_positions_start_at_zero_and_learn_where_pixels_are():
+    """``attention_positions``: one (H*W, C) embedding per attention block at its level's resolution, zero at
+    the start (the network computes what the one without them computes, on the same other weights), and
+    trainable; off, the state dict is the one networks saved before the option existed."""
+    spec = {"image_size": 32, "channels": [8, 16, 24], "attention": [False, True, True], "head_dim": 8,
+            "embed_dim": 6, "context_dim": 10}  # fmt: skip
+    plain = _randomize(UNet(UNetConfig(**spec)))
+    placed = UNet(UNetConfig(**spec, attention_positions=True)).eval()
+    new = sorted(set(placed.state_dict()) - set(plain.state_dict()))
+    assert new and all(k.endswith(".pos") for k in new)
+    assert not any(k.endswith(".pos") for k in plain.state_dict())
+    sizes = {k: tuple(v.shape) for k, v in placed.state_dict().items() if k.endswith(".pos")}
+    assert sizes["down.1.attns.0.pos"] == (16 * 16, 16) and sizes["mid_attn.pos"] == (8 * 8, 24)
+    assert sizes["up.0.attns.0.pos"] == (8 * 8, 24)  # the way up starts at the lowest level
+    missing, unexpected = placed.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == new and not unexpected
+    kw = _unet_inputs(placed.config)
+    x, t = kw.pop("x"), kw.pop("t")
+    with torch.no_grad():
+        assert torch.equal(placed(x, t, **kw), plain(x, t, **kw))  # zero positions change nothing
+    placed.train()
+    placed(x, t, **kw).square().mean().backward()
+    assert all(placed.get_parameter(k).grad.abs().sum() > 0 for k in new)
+    with torch.no_grad():
+        placed.get_parameter("mid_attn.pos").normal_()
+        assert not torch.equal(placed.eval()(x, t, **kw), plain(x, t, **kw))
 
 
 def test_unet_fresh_output_is_zero():

@@ -69,6 +69,11 @@ class UNetConfig:
     #: self-conditioning (Chen et al. 2022, "Analog Bits"): the network also reads an estimate of x0 (its own
     #: previous one; zeros when there is none), ``in_channels`` more input channels
     self_condition: bool = False
+    #: a learned position embedding per pixel, added to the pixels' tokens in every attention block
+    #: (zero-initialised, so a network grown with it starts as the one without). Convolutions with zero
+    #: padding give positions only indirectly; a relation ("a red circle above a blue square") asks the
+    #: attention at 8x8 to send each colour to a place, which these embeddings make explicit.
+    attention_positions: bool = False
 
     def __post_init__(self) -> None:
         self.channels = [int(c) for c in self.channels]
@@ -187,10 +192,12 @@ class ResBlock(nn.Module):
 class AttentionBlock(nn.Module):
     """Multi-head attention of each pixel over [all pixels, context tokens] (GLIDE's text attention)."""
 
-    def __init__(self, channels: int, head_dim: int, context_dim: int) -> None:
+    def __init__(self, channels: int, head_dim: int, context_dim: int, positions: int = 0) -> None:
         super().__init__()
         self.heads = max(1, channels // head_dim)
         self.norm = _norm(channels)
+        # ``positions`` > 0: a learned embedding per pixel (H * W of them), zero at the start
+        self.pos = nn.Parameter(torch.zeros(positions, channels)) if positions else None
         self.qkv = nn.Linear(channels, 3 * channels)
         self.context_kv = nn.Linear(context_dim, 2 * channels) if context_dim else None
         self.out = nn.Linear(channels, channels)
@@ -200,6 +207,10 @@ class AttentionBlock(nn.Module):
     def forward(self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
         b, c, h, w = x.shape
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, C, HW) -> (B, HW, C)
+        if self.pos is not None:
+            if self.pos.shape[0] != h * w:
+                raise ValueError(f"this attention block has positions for {self.pos.shape[0]} pixels, got {h}x{w}")
+            tokens = tokens + self.pos.to(tokens.dtype)
         q, k, v = self.qkv(tokens).chunk(3, dim=-1)
         mask = None
         if self.context_kv is not None and context is not None:
@@ -287,11 +298,19 @@ class UNet(nn.Module):
         self.downsample = nn.ModuleList()
         skips = [ch[0]]
         cur = ch[0]
+        side = c.image_size // c.patch_size
+
+        def attention(level: int, width: int) -> AttentionBlock | None:
+            if not c.attention[level]:
+                return None
+            positions = (side >> level) ** 2 if c.attention_positions else 0
+            return AttentionBlock(width, c.head_dim, context_dim, positions)
+
         for i, width in enumerate(ch):
             blocks, attns = [], []
             for _ in range(c.blocks_per_level):
                 blocks.append(ResBlock(cur, width, emb_dim))
-                attns.append(AttentionBlock(width, c.head_dim, context_dim) if c.attention[i] else None)
+                attns.append(attention(i, width))
                 cur = width
                 skips.append(cur)
             self.down.append(_Level(blocks, attns))
@@ -299,7 +318,7 @@ class UNet(nn.Module):
                 self.downsample.append(nn.Conv2d(cur, cur, 3, stride=2, padding=1))
                 skips.append(cur)
         self.mid1 = ResBlock(cur, cur, emb_dim)
-        self.mid_attn = AttentionBlock(cur, c.head_dim, context_dim) if c.attention[-1] else None
+        self.mid_attn = attention(len(ch) - 1, cur)
         self.mid2 = ResBlock(cur, cur, emb_dim)
         self.up = nn.ModuleList()
         self.upsample = nn.ModuleList()
@@ -307,7 +326,7 @@ class UNet(nn.Module):
             blocks, attns = [], []
             for _ in range(c.blocks_per_level + 1):
                 blocks.append(ResBlock(cur + skips.pop(), width, emb_dim))
-                attns.append(AttentionBlock(width, c.head_dim, context_dim) if c.attention[i] else None)
+                attns.append(attention(i, width))
                 cur = width
             self.up.append(_Level(blocks, attns))
             if i > 0:
