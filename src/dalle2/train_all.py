@@ -235,6 +235,22 @@ def _read_summary(out: Path) -> dict[str, Any]:
         return {}
 
 
+def _main_process_decides(left: float, cost: dict[str, float]) -> tuple[float, dict[str, float]]:
+    """Under several processes (``accelerate launch``), the main process's time left and measured costs, so
+    that every process trains the same number of steps; unchanged in a single process."""
+    from accelerate.state import PartialState
+
+    state = PartialState()
+    if state.num_processes == 1:
+        return left, cost
+    import torch
+    from accelerate.utils import broadcast
+
+    keys = sorted(cost)
+    values = broadcast(torch.tensor([left, *(float(cost[k]) for k in keys)], dtype=torch.float64, device=state.device))
+    return float(values[0]), {k: float(v) for k, v in zip(keys, values[1:].tolist(), strict=True)}
+
+
 def _fill_budget(
     opts: dict[str, Any],
     summary: dict[str, Any],
@@ -265,6 +281,7 @@ def _fill_budget(
     log(f"== decoder: measuring its training speed to fill the {minutes:g}-minute budget")
     cost = decoder_throughput(opts, progress=False)
     left = minutes * 60 - (time.monotonic() - start)
+    left, cost = _main_process_decides(left, cost)
     steps = budget_steps(left, cost)
     record.update(
         decoder_cost={k: v for k, v in cost.items() if k != "seconds"},
