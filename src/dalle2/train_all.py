@@ -9,7 +9,7 @@ skips it always.
 
 Time budget (``--minutes M``): the training stages end within M minutes of the start (the eval is not
 counted). The stages before the decoder train their steps; then the decoder's training speed is measured
-on this machine (:func:`~dalle2.stages.image_stage.decoder_throughput`, about half a minute, counted) and
+on this machine (:func:`~dalle2.stages.image_stage.decoder_throughput`, about a minute, counted) and
 its ``train.max_steps`` set to the steps that fit in what is left (:func:`budget_steps`, a few percent kept
 for previews, checkpoints and the report; its time is also capped there). This replaces the decoder's
 preset steps, which are sized for an hour on a slow laptop, and gives a faster machine's hour to the stage

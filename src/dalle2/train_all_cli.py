@@ -13,7 +13,7 @@ decoder, then `dalle2 eval OUT --data DATA --quick --out OUT/eval` (datasets wit
 networks: shapes, fashion-mnist; others skip it).
 
 --minutes M fills a wall-clock budget for the training (the eval after it is not counted): the
-other stages train their steps, then the decoder's training speed is measured here (about half a
+other stages train their steps, then the decoder's training speed is measured here (about a
 minute) and its train.max_steps set so that it ends within what is left. The `cpu` preset's
 decoder steps are sized for an hour on a slow laptop; `--minutes 60` gives a faster machine's hour
 to the decoder, which is what more training time improves most.
