@@ -44,10 +44,7 @@ def shared_yaml(tmp_path_factory) -> str:
     return str(path)
 
 
-@pytest.fixture(scope="module")
-def killed_then_resumed(tmp_path_factory, shared_yaml):
-    """Run 1 dies in the decoder right after its step-2 checkpoint; run 2 (--resume) finishes."""
-    out = tmp_path_factory.mktemp("all") / "pipe"
+def _die_in_decoder_at_step_2(monkeypatch: pytest.MonkeyPatch) -> None:
     real_save = Trainer._save
 
     def save_then_die(self: Trainer) -> Path:
@@ -56,13 +53,17 @@ def killed_then_resumed(tmp_path_factory, shared_yaml):
             raise Killed(f"killed after writing {path}")
         return path
 
-    mp = pytest.MonkeyPatch()
-    mp.setattr(Trainer, "_save", save_then_die)
-    try:
+    monkeypatch.setattr(Trainer, "_save", save_then_die)
+
+
+@pytest.fixture(scope="module")
+def killed_then_resumed(tmp_path_factory, shared_yaml):
+    """Run 1 dies in the decoder right after its step-2 checkpoint; run 2 (--resume) finishes."""
+    out = tmp_path_factory.mktemp("all") / "pipe"
+    with pytest.MonkeyPatch.context() as dying:
+        _die_in_decoder_at_step_2(dying)
         with pytest.raises(Killed):
             train_all(out=str(out), config=shared_yaml, skip_eval=True, **TINY)
-    finally:
-        mp.undo()
     first = json.loads((out / "train_all.json").read_text())
     state = {
         "first": first,
@@ -265,18 +266,6 @@ def _slow_probe(calls: list[dict]):
         return {**COST, "images_per_second": 16.0, "seconds": 0.1}
 
     return probe
-
-
-def _die_in_decoder_at_step_2(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_save = Trainer._save
-
-    def save_then_die(self: Trainer) -> Path:
-        path = real_save(self)
-        if self.stage_name == "decoder" and self.step == 2:
-            raise Killed(f"killed after writing {path}")
-        return path
-
-    monkeypatch.setattr(Trainer, "_save", save_then_die)
 
 
 @pytest.fixture(scope="module")

@@ -358,7 +358,7 @@ def train_all(args: argparse.Namespace | dict[str, Any] | None = None, **kwargs:
         for stage in STAGES:
             max_steps[stage] = scaled_max_steps(stage, preset, opts.get("config"), sets, scale)
 
-    previous = _read_summary(out) if resume else {}
+    previous = _read_summary(out) if resume and budget is not None else {}  # only --minutes reads it
     summary: dict[str, Any] = {
         "out": str(out),
         "preset": preset,
