@@ -71,14 +71,14 @@ def test_conv_tower_is_not_the_evaluator_network(tokenizer):
     assert not kinds & {torch.nn.BatchNorm2d, torch.nn.MaxPool2d, torch.nn.ReLU}
     assert torch.nn.GroupNorm in kinds and type(tower.pool).__name__ == "_AttentionPool"
     assert sum(type(m).__name__ == "_ResBlock" for m in tower.modules()) == 4
-    # the cpu preset's, with CLIP ResNet's BatchNorm (and average-pool downsampling, an option), is still no
-    # VGG: residual blocks, SiLU, attention pooling, no max-pooling or ReLU
-    for updates in ({}, {"conv_downsample": "avgpool"}):
+    # the cpu preset's, with CLIP ResNet's BatchNorm and the original ResNet's max-pool downsampling (average
+    # pooling or strided convs as options), is still no VGG: residual blocks, SiLU, attention pooling, no ReLU
+    for updates, pool in (({}, torch.nn.MaxPool2d), ({"conv_downsample": "avgpool"}, torch.nn.AvgPool2d)):
         tower = conv_clip(tokenizer, 32, preset="cpu", **updates).vision
         kinds = {type(m) for m in tower.modules()}
-        assert torch.nn.BatchNorm2d in kinds and torch.nn.GroupNorm not in kinds
-        assert (torch.nn.AvgPool2d in kinds) == bool(updates)
-        assert not kinds & {torch.nn.MaxPool2d, torch.nn.ReLU} and type(tower.pool).__name__ == "_AttentionPool"
+        assert torch.nn.BatchNorm2d in kinds and torch.nn.GroupNorm not in kinds and pool in kinds
+        assert sum(type(m).__name__ == "_ResBlock" for m in tower.modules()) == 4
+        assert torch.nn.ReLU not in kinds and type(tower.pool).__name__ == "_AttentionPool"
 
 
 def test_avgpool_downsampling_averages_before_a_stride_1_conv(tokenizer):
@@ -97,6 +97,25 @@ def test_avgpool_downsampling_averages_before_a_stride_1_conv(tokenizer):
     with torch.no_grad():
         assert torch.allclose(pooled(x), flat(F.avg_pool2d(x, 2)), atol=1e-6)
         assert pooled(x).shape == (2, 16, 8, 8)
+
+
+def test_maxpool_downsampling_takes_the_2x2_maximum_before_a_stride_1_conv(tokenizer):
+    """``clip.conv_downsample=maxpool``: a downsampling block is the same block at stride 1 applied to the 2x2
+    max-pooled map (its shortcut too), so a one-pixel object reaches the coarser map at full value."""
+    from dalle2.models.clip import _ResBlock
+
+    torch.manual_seed(0)
+    pooled = _ResBlock(8, 16, stride=2, norm="batch", downsample="maxpool").eval()
+    flat = _ResBlock(8, 16, stride=1, norm="batch").eval()
+    flat.load_state_dict(pooled.state_dict())
+    torch.nn.init.normal_(pooled.norm2.weight)  # not the zero init: the residual branch counts
+    flat.norm2.weight.data.copy_(pooled.norm2.weight)
+    x = torch.randn(2, 8, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(pooled(x), flat(F.max_pool2d(x, 2)), atol=1e-6)
+        assert not torch.allclose(pooled(x), flat(F.avg_pool2d(x, 2)), atol=1e-3)
+    tower = conv_clip(tokenizer, 32, preset="cpu", conv_downsample="maxpool").vision
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in tower.modules()) == 3  # one per halving
 
 
 def test_attention_pooling_is_multi_head_attention_from_the_mean_token(tokenizer):
@@ -127,9 +146,10 @@ def _one_object(shape: str, resolution: int) -> torch.Tensor:
     return pil_to_tensor(render(Scene("single", "black", (Obj(shape, "red", "large", "center"),)), resolution))
 
 
-def test_conv_clip_learns_to_tell_shapes_of_one_colour(tokenizer):
+@pytest.mark.parametrize("updates", [{}, {"conv_norm": "batch", "conv_downsample": "maxpool"}])  # tiny, cpu's
+def test_conv_clip_learns_to_tell_shapes_of_one_colour(tokenizer, updates):
     """Six red shapes in the same place, only the shape tells the captions apart: the conv tower must see it."""
-    model = conv_clip(tokenizer, 16)
+    model = conv_clip(tokenizer, 16, **updates)
     images = torch.stack([_one_object(s, 16) for s in SHAPES])
     ids, mask = model.tokenize(CAPTIONS)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
@@ -232,8 +252,8 @@ def test_bad_conv_options(tmp_path, tokenizer):
         clip_preset("tiny", {"vision_arch": "conv", "conv_widths": [8, 15]})
     with pytest.raises(ClipError, match="conv_norm must be one of group, batch"):
         clip_preset("tiny", {"conv_norm": "layer"})
-    with pytest.raises(ClipError, match="conv_downsample must be one of stride, avgpool"):
-        clip_preset("tiny", {"conv_downsample": "maxpool"})
+    with pytest.raises(ClipError, match="conv_downsample must be one of stride, avgpool, maxpool"):
+        clip_preset("tiny", {"conv_downsample": "blur"})
     with pytest.raises(ClipError, match="image_size must be 0"):
         clip_preset("tiny", {"image_size": 4})
     with pytest.raises(ClipError, match="downsamples by 8"):  # stem stride 2, then two halvings: 20 / 8

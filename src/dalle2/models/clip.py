@@ -10,12 +10,14 @@ Towers (transformers, so a pretrained CLIP on disk loads through the same code):
   ``patch_size`` patches;
 * image, ``vision_arch="conv"``: :class:`ConvImageTower`, a small ResNet (the paper's other CLIP image
   tower family): a 3x3 stem, stages of residual blocks (3x3 conv + GroupNorm or BatchNorm + SiLU; between
-  stages a stride-2 block or, as CLIP's anti-aliased ResNet, a 2x2 average pool) and attention pooling
+  stages a stride-2 block, or a 2x2 average pool as CLIP's anti-aliased ResNet, or a 2x2 max pool as the
+  original ResNet's stem: the ``cpu`` preset's, the one that makes shape visible) and attention pooling
   (CLIP's ``AttentionPool2d``: the mean token queries the spatial tokens plus a learned positional
   embedding) or mean pooling, projected to ``embed_dim``. It is saved as ``vision_arch: "conv"`` plus its
   own ``vision_config`` in ``config.json`` (not a transformers class).
-  It is not the evaluation CLIP's tower (``dalle2.eval.networks.ConvNet``: VGG-style, BatchNorm + ReLU,
-  max-pooling, global average pooling, trained from seed 1234); nothing is loaded from it.
+  It is not the evaluation CLIP's tower (``dalle2.eval.networks.ConvNet``: VGG-style plain conv stages with
+  BatchNorm + ReLU, max-pooling, global average pooling and an MLP, trained from seed 1234; the two share
+  max-pooling and BatchNorm, not the architecture); nothing is loaded from it.
 
 The image tower's input resolution is ``clip.image_size`` (0: ``data.resolution``); the CLIP stage reads the
 dataset's render at that size (e.g. 64 for the ``shapes`` 64x64 render) and ``ClipModel.image_size`` says
@@ -75,7 +77,7 @@ TEXT_ENCODERS = ("clip", "minilm")
 VISION_ARCHS = ("vit", "conv")
 CONV_POOLS = ("attention", "mean")
 CONV_NORMS = ("group", "batch")
-CONV_DOWNSAMPLES = ("stride", "avgpool")
+CONV_DOWNSAMPLES = ("stride", "avgpool", "maxpool")
 
 
 class ClipError(Dalle2Error):
@@ -120,7 +122,8 @@ class ClipConfig:
     conv_pool: str = "attention"  # "attention" (CLIP's AttentionPool2d) | "mean"
     conv_norm: str = "group"  # "group" (GroupNorm) | "batch" (BatchNorm, as CLIP's ResNets)
     #: "stride" (a stride-2 3x3 conv) | "avgpool" (CLIP's anti-aliased ResNet: 2x2 average pooling, then the
-    #: conv at stride 1, so a small object is averaged into the coarser map instead of sampled)
+    #: conv at stride 1, so a small object is averaged into the coarser map instead of sampled) | "maxpool" (the
+    #: same with 2x2 max pooling, as the original ResNet's stem: a small object's strongest response survives)
     conv_downsample: str = "stride"
 
 
@@ -309,12 +312,14 @@ def _norm(kind: str, width: int) -> nn.Module:
 class _ResBlock(nn.Module):
     """``SiLU(N(conv3x3(SiLU(N(conv3x3(x))))) + shortcut(x))`` with N GroupNorm or BatchNorm; a downsampling
     block halves the map with its first conv at stride 2, or (``downsample="avgpool"``, CLIP's ResNet) with
-    a 2x2 average pool before its first conv and its shortcut."""
+    a 2x2 average pool before its first conv and its shortcut (``"maxpool"``: a 2x2 max pool there)."""
 
     def __init__(self, c_in: int, c_out: int, stride: int, norm: str = "group", downsample: str = "stride") -> None:
         super().__init__()
-        pool = stride != 1 and downsample == "avgpool"
-        self.pool: nn.Module = nn.AvgPool2d(stride) if pool else nn.Identity()
+        pool = stride != 1 and downsample in ("avgpool", "maxpool")
+        self.pool: nn.Module = nn.Identity()
+        if pool:
+            self.pool = nn.AvgPool2d(stride) if downsample == "avgpool" else nn.MaxPool2d(stride)
         conv_stride = 1 if pool else stride
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=conv_stride, padding=1, bias=False)
         self.norm1 = _norm(norm, c_out)
@@ -326,7 +331,7 @@ class _ResBlock(nn.Module):
             self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=conv_stride, bias=False), _norm(norm, c_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(x)  # (B, C_in, H / stride, W / stride) with avgpool downsampling, else unchanged
+        x = self.pool(x)  # (B, C_in, H / stride, W / stride) with pool downsampling, else unchanged
         h = F.silu(self.norm1(self.conv1(x)))  # (B, C_out, H / stride, W / stride)
         return F.silu(self.norm2(self.conv2(h)) + self.shortcut(x))
 
