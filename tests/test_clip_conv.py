@@ -81,41 +81,32 @@ def test_conv_tower_is_not_the_evaluator_network(tokenizer):
         assert torch.nn.ReLU not in kinds and type(tower.pool).__name__ == "_AttentionPool"
 
 
-def test_avgpool_downsampling_averages_before_a_stride_1_conv(tokenizer):
-    """``clip.conv_downsample=avgpool``: a downsampling block is the same block at stride 1 applied to the 2x2
-    average-pooled map (its shortcut too), so a one-pixel object reaches the coarser map at a quarter of its
-    value wherever it sits, where a stride-2 conv skips three pixel phases in four."""
+@pytest.mark.parametrize(
+    ("downsample", "pool", "other", "module"),
+    [
+        ("avgpool", F.avg_pool2d, F.max_pool2d, torch.nn.AvgPool2d),
+        ("maxpool", F.max_pool2d, F.avg_pool2d, torch.nn.MaxPool2d),
+    ],
+)
+def test_pool_downsampling_pools_before_a_stride_1_conv(tokenizer, downsample, pool, other, module):
+    """``clip.conv_downsample=avgpool`` / ``maxpool``: a downsampling block is the same block at stride 1 applied
+    to the 2x2 average- or max-pooled map (its shortcut too), so a one-pixel object reaches the coarser map (at a
+    quarter of its value, or whole) wherever it sits, where a stride-2 conv skips three pixel phases in four."""
     from dalle2.models.clip import _ResBlock
 
     torch.manual_seed(0)
-    pooled = _ResBlock(8, 16, stride=2, norm="batch", downsample="avgpool").eval()
+    pooled = _ResBlock(8, 16, stride=2, norm="batch", downsample=downsample).eval()
     flat = _ResBlock(8, 16, stride=1, norm="batch").eval()
     flat.load_state_dict(pooled.state_dict())
     torch.nn.init.normal_(pooled.norm2.weight)  # not the zero init: the residual branch counts
     flat.norm2.weight.data.copy_(pooled.norm2.weight)
     x = torch.randn(2, 8, 16, 16)
     with torch.no_grad():
-        assert torch.allclose(pooled(x), flat(F.avg_pool2d(x, 2)), atol=1e-6)
+        assert torch.allclose(pooled(x), flat(pool(x, 2)), atol=1e-6)
+        assert not torch.allclose(pooled(x), flat(other(x, 2)), atol=1e-3)
         assert pooled(x).shape == (2, 16, 8, 8)
-
-
-def test_maxpool_downsampling_takes_the_2x2_maximum_before_a_stride_1_conv(tokenizer):
-    """``clip.conv_downsample=maxpool``: a downsampling block is the same block at stride 1 applied to the 2x2
-    max-pooled map (its shortcut too), so a one-pixel object reaches the coarser map at full value."""
-    from dalle2.models.clip import _ResBlock
-
-    torch.manual_seed(0)
-    pooled = _ResBlock(8, 16, stride=2, norm="batch", downsample="maxpool").eval()
-    flat = _ResBlock(8, 16, stride=1, norm="batch").eval()
-    flat.load_state_dict(pooled.state_dict())
-    torch.nn.init.normal_(pooled.norm2.weight)  # not the zero init: the residual branch counts
-    flat.norm2.weight.data.copy_(pooled.norm2.weight)
-    x = torch.randn(2, 8, 16, 16)
-    with torch.no_grad():
-        assert torch.allclose(pooled(x), flat(F.max_pool2d(x, 2)), atol=1e-6)
-        assert not torch.allclose(pooled(x), flat(F.avg_pool2d(x, 2)), atol=1e-3)
-    tower = conv_clip(tokenizer, 32, preset="cpu", conv_downsample="maxpool").vision
-    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in tower.modules()) == 3  # one per halving
+    tower = conv_clip(tokenizer, 32, preset="cpu", conv_downsample=downsample).vision
+    assert sum(isinstance(m, module) for m in tower.modules()) == 3  # one per halving
 
 
 def test_attention_pooling_is_multi_head_attention_from_the_mean_token(tokenizer):
